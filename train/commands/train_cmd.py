@@ -1,0 +1,27 @@
+"""``signguard train --config configs/blurnet_tv.yaml [--set optim.epochs=5] [--resume]``"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="recipe YAML (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set data.kind=npz --set data.path=gtsrb32.npz")
+    p.add_argument("--run-dir", help="output folder (default runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last completed epoch in --run-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_recipe, parse_overrides
+    from ..trainer import train
+
+    recipe = load_recipe(args.config, parse_overrides(args.overrides))
+    run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+    metrics = train(recipe, run_dir, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({"run_dir": str(run_dir), **metrics}, indent=2))
+    return 0
