@@ -53,7 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if top.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if top.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if top.debug else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         module = _load(top.command)
         sub = argparse.ArgumentParser(prog=f"signguard {top.command}", description=COMMANDS[top.command][1])

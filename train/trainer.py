@@ -42,7 +42,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu") -> np.ndarray:
+def predict(
+    model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> np.ndarray:
     """Class predictions (N,) for inputs (N, 3, S, S) in [0, 1]."""
     model.eval()
     out = []

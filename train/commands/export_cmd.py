@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
+
     from export.bundle import export_bundle
 
     from ..checkpoint import load_checkpoint, read_sidecar
@@ -31,8 +32,14 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     idx = rng.choice(len(test), size=min(args.parity_samples, len(test)), replace=False)
     out = Path(args.out or Path("bundles") / sidecar.parent.name)
-    source = {"checkpoint": str(sidecar), "weights_sha256": meta["weights_sha256"], "architecture": meta["architecture"],
-              "defense": meta["defense"], "metrics": meta.get("metrics", {}), "data_hash": meta.get("data_hash")}
+    source = {
+        "checkpoint": str(sidecar),
+        "weights_sha256": meta["weights_sha256"],
+        "architecture": meta["architecture"],
+        "defense": meta["defense"],
+        "metrics": meta.get("metrics", {}),
+        "data_hash": meta.get("data_hash"),
+    }
     export_bundle(model, out, meta["classes"], pp, test.x[idx], name=recipe.name, source=source)
     m = json.loads((out / "manifest.json").read_text())
     par = m["models"][0]["parity"]

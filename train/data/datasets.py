@@ -89,7 +89,8 @@ def render_split(
     desc = f"render {split} ({len(jobs)} signs)"
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
-            out = list(tqdm(pool.imap(_render_one, jobs, chunksize=64), total=len(jobs), desc=desc, disable=not progress))
+            it = pool.imap(_render_one, jobs, chunksize=64)
+            out = list(tqdm(it, total=len(jobs), desc=desc, disable=not progress))
     else:
         out = [_render_one(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
     xu8 = np.stack(out)
