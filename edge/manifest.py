@@ -40,7 +40,9 @@ _REQUIRED = {
 _OPTIONAL = {"gate": (dict, type(None)), "source": dict, "created": str, "extra": dict}
 
 
-def model_entry(file: str, precision: str = "fp32", fmt: str = "onnx", part: str = "model", **extra: Any) -> Dict[str, Any]:
+def model_entry(
+    file: str, precision: str = "fp32", fmt: str = "onnx", part: str = "model", **extra: Any
+) -> Dict[str, Any]:
     """One ``models`` entry; ``extra`` holds format-specific metadata (e.g. TensorRT version, GPU)."""
     if precision not in PRECISIONS:
         raise BundleError("model %s: precision must be one of %s, got %r" % (file, PRECISIONS, precision))

@@ -55,7 +55,7 @@ class PreprocessConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any], where: str = "preprocess") -> "PreprocessConfig":
+    def from_dict(cls, data: Dict[str, Any], where: str = "preprocess") -> PreprocessConfig:
         if not isinstance(data, dict):
             raise ConfigError("%s: expected a mapping, got %s" % (where, type(data).__name__))
         known = {f.name for f in fields(cls)}
@@ -64,7 +64,7 @@ class PreprocessConfig:
             raise ConfigError("%s: unknown field(s) %s (known: %s)" % (where, unknown, sorted(known)))
         return cls(**data)
 
-    def with_color_order(self, color_order: str) -> "PreprocessConfig":
+    def with_color_order(self, color_order: str) -> PreprocessConfig:
         return PreprocessConfig(self.input_size, color_order, self.roi_margin, self.square)
 
 

@@ -58,15 +58,22 @@ def accuracy(model: nn.Module, split: Split, device: str | torch.device = "cpu")
     return float((predict(model, split.x, device=device) == split.y).mean()) if len(split) else float("nan")
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Light jitter for real data: random shift (edge-replicated) and brightness/contrast."""
-    n = x.shape[0]
-    pad = F.pad(x, (max_shift,) * 4, mode="replicate")
-    dx, dy = (int(v) for v in torch.randint(0, 2 * max_shift + 1, (2,), generator=gen))
-    x = pad[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
-    gain = 1.0 + 0.2 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
-    bias = 0.1 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
-    return (x * gain + bias).clamp(0, 1)
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Jitter for real data, per image: small affine (rotation +-10 deg, scale 0.9-1.1, shift +-2 px,
+    edges replicated) and photometric (gamma, contrast, brightness), the nuisances of roadside photos."""
+    n, _, h, w = x.shape
+    ang = (torch.rand(n, generator=gen) - 0.5) * (20.0 * math.pi / 180.0)
+    scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * (4.0 / h)
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gamma = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.8)
+    contrast = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=gen)
+    bias = 0.2 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x.clamp(1e-6, 1) ** gamma - mean) * contrast + mean + bias).clamp(0, 1)
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:

@@ -1,0 +1,88 @@
+"""`signguard run` as the registry will call it, and proof that the edge runtime needs no torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge import cli
+from edge.errors import SignguardError
+
+from .helpers import colour_frame
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="signguard run")
+    cli.add_arguments(p)
+    return p
+
+
+def test_help_is_assembled_from_component_usage() -> None:
+    text = _parser().format_help()
+    for piece in ("csi://0", "display://0", "center:0.6", "--bundle", "--max-frames"):
+        assert piece in text
+
+
+def test_run_on_an_image_folder(colour_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, colour in enumerate(("red", "blue", "green")):
+        cv2.imwrite(str(folder / ("%03d.png" % i)), colour_frame(colour, (24, 8, 48, 48)))
+    log = tmp_path / "f.jsonl"
+    args = _parser().parse_args(["--bundle", str(colour_bundle), "--source", str(folder), "--roi", "center:0.6",
+                                 "--log", str(log), "--quiet"])
+    assert cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert "frames    3 (3 classified)" in out and "accuracy" not in out
+    assert [json.loads(line)["pred"] for line in log.read_text().splitlines()] == ["red", "blue", "green"]
+
+    args = _parser().parse_args(["--bundle", str(colour_bundle), "--source", str(folder), "--json",
+                                 "--max-frames", "2"])
+    assert cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["frames"] == 2
+
+
+def test_run_rejects_bad_arguments(colour_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--bundle", "b", "--source", "s", "--backend", "openvino"])
+    args = _parser().parse_args(["--bundle", str(colour_bundle), "--source", str(tmp_path / "no.mp4")])
+    with pytest.raises(SignguardError, match="no.mp4: no such file"):
+        cli.run(args)
+    args = _parser().parse_args(["--bundle", str(colour_bundle), "--source", "x", "--topk", "0"])
+    with pytest.raises(SignguardError, match="--topk"):
+        cli.run(args)
+
+
+TORCH_FREE = r"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+import numpy as np
+import edge, edge.backends, edge.bundle, edge.cli, edge.framelog, edge.loop, edge.rois, edge.sources
+from edge import load_bundle, preprocess
+b = load_bundle(sys.argv[1])
+frame = np.zeros((48, 64, 3), np.uint8)
+frame[8:40, 16:48] = (255, 0, 0)  # a blue square, BGR
+x = preprocess(frame, (16, 8, 32, 32), b.preprocess_cfg)[None]
+assert b.classes[int(np.argmax(b.classify(x)[0]))] == "blue"
+assert "torch" not in sys.modules or sys.modules["torch"] is None, "torch was imported"
+print("ok-torch-free")
+"""
+
+
+def test_edge_imports_and_classifies_without_torch(colour_bundle: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE, str(colour_bundle)], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok-torch-free" in proc.stdout
