@@ -30,5 +30,12 @@ def test_registry_rejects_unknown_names_and_options():
 
 
 def test_normalisation_is_inside_the_model():
-    m = create_model("lisa_cnn_tiny")
-    assert torch.allclose(m.normalize(torch.full((1, 3, 2, 2), 0.5)), torch.zeros(1, 3, 2, 2))
+    fixed = create_model("lisa_cnn_tiny", input_norm="fixed")
+    assert torch.allclose(fixed.normalize(torch.full((1, 3, 2, 2), 0.5)), torch.zeros(1, 3, 2, 2))
+    per_image = create_model("lisa_cnn_tiny", input_norm="image")
+    x = torch.rand(2, 3, 32, 32)
+    # exposure and contrast changes do not change what the network sees
+    assert torch.allclose(per_image.normalize(0.5 * x + 0.2), per_image.normalize(x), atol=1e-5)
+    assert torch.allclose(per_image(0.5 * x + 0.2), per_image(x), atol=1e-4)
+    with pytest.raises(ConfigError, match="input_norm"):
+        create_model("lisa_cnn_tiny", input_norm="zca")

@@ -79,13 +79,18 @@ class DefenseConfig:
 
 @dataclass
 class ModelConfig:
+    """Registered architecture; ``input_norm`` is ``fixed`` or ``image`` (per-image standardisation)."""
+
     name: str = "lisa_cnn"
+    input_norm: str = "image"
 
     def check(self, where: str) -> None:
-        from .models import available_models  # torch import deferred to validation time
+        from .models import INPUT_NORMS, available_models  # torch import deferred to validation time
 
         if self.name not in available_models():
             raise ConfigError(f"{where}.name: unknown model {self.name!r} (known: {available_models()})")
+        if self.input_norm not in INPUT_NORMS:
+            raise ConfigError(f"{where}.input_norm: expected one of {INPUT_NORMS}, got {self.input_norm!r}")
 
 
 @dataclass

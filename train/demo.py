@@ -33,9 +33,9 @@ def demo_recipes(quick: bool):
                       seed=0)
     optim = OptimConfig(epochs=3 if quick else 10, batch_size=64, lr=1e-3, seed=0)
     return [
-        Recipe(name="baseline", data=data, model=ModelConfig("lisa_cnn"), defense=DefenseConfig(kind="none"),
+        Recipe(name="baseline", data=data, model=ModelConfig("lisa_cnn", "image"), defense=DefenseConfig(kind="none"),
                optim=optim),
-        Recipe(name="blurnet_tv", data=data, model=ModelConfig("lisa_cnn"),
+        Recipe(name="blurnet_tv", data=data, model=ModelConfig("lisa_cnn", "image"),
                defense=DefenseConfig(kind="tv", alpha=1e-4), optim=optim),
     ]
 

@@ -43,16 +43,32 @@ def create_model(name: str, **cfg) -> nn.Module:
 # --------------------------------------------------------------------------- blocks
 
 
-class Normalize(nn.Module):
-    """(x - mean) / std as the first layer, so everything outside the model works in [0, 1]."""
+INPUT_NORMS = ("fixed", "image")
 
-    def __init__(self, mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.25, 0.25, 0.25)):
+
+class Normalize(nn.Module):
+    """Input normalisation as the first layer, so everything outside the model works in [0, 1].
+
+    ``fixed``: (x - 0.5) / 0.25.  ``image``: per-image standardisation
+    (x - mean(x)) / max(std(x), 0.02) over all pixels and channels, which
+    removes the exposure and contrast differences of roadside photographs
+    (dark GTSRB tracks) while keeping colour relations.
+    """
+
+    def __init__(self, mode: str = "fixed"):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        if mode not in INPUT_NORMS:
+            from edge.errors import ConfigError
+
+            raise ConfigError(f"model.input_norm: expected one of {INPUT_NORMS}, got {mode!r}")
+        self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        if self.mode == "fixed":
+            return (x - 0.5) / 0.25
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(0.02)
+        return (x - mean) / std
 
 
 class DepthwiseBlur(nn.Module):
@@ -85,9 +101,16 @@ class LisaCNN(nn.Module):
     TF 'SAME' padding for an 8x8 stride-2 kernel on 32x32 is 3 pixels each side.
     """
 
-    def __init__(self, num_classes: int = 18, width: int = 64, blur_kernel: int = 0, blur_learnable: bool = True):
+    def __init__(
+        self,
+        num_classes: int = 18,
+        width: int = 64,
+        blur_kernel: int = 0,
+        blur_learnable: bool = True,
+        input_norm: str = "image",
+    ):
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize(input_norm)
         self.conv1 = nn.Conv2d(3, width, 8, stride=2, padding=3)
         self.blur = DepthwiseBlur(width, blur_kernel, blur_learnable) if blur_kernel else None
         self.conv2 = nn.Conv2d(width, 2 * width, 6, stride=2)
@@ -113,11 +136,11 @@ class LisaCNN(nn.Module):
 
 
 @register_model("lisa_cnn")
-def lisa_cnn(num_classes: int = 18, blur_kernel: int = 0, blur_learnable: bool = True) -> nn.Module:
-    return LisaCNN(num_classes=num_classes, width=64, blur_kernel=blur_kernel, blur_learnable=blur_learnable)
+def lisa_cnn(num_classes: int = 18, blur_kernel: int = 0, blur_learnable: bool = True, input_norm: str = "image"):
+    return LisaCNN(num_classes, 64, blur_kernel, blur_learnable, input_norm)
 
 
 @register_model("lisa_cnn_tiny")
-def lisa_cnn_tiny(num_classes: int = 18, blur_kernel: int = 0, blur_learnable: bool = True) -> nn.Module:
+def lisa_cnn_tiny(num_classes: int = 18, blur_kernel: int = 0, blur_learnable: bool = True, input_norm: str = "image"):
     """Same topology at 1/4 width: keeps tests fast."""
-    return LisaCNN(num_classes=num_classes, width=16, blur_kernel=blur_kernel, blur_learnable=blur_learnable)
+    return LisaCNN(num_classes, 16, blur_kernel, blur_learnable, input_norm)

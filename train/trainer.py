@@ -77,7 +77,12 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    return create_model(recipe.model.name, num_classes=num_classes, **model_options(recipe.defense))
+    return create_model(recipe.model.name, **model_arch_options(recipe, num_classes))
+
+
+def model_arch_options(recipe: Recipe, num_classes: int) -> dict[str, Any]:
+    """Builder options of a recipe's model (recorded in the checkpoint sidecar)."""
+    return {"num_classes": num_classes, "input_norm": recipe.model.input_norm, **model_options(recipe.defense)}
 
 
 def _cosine_lr(base: float, epoch: int, epochs: int) -> float:
@@ -127,7 +132,7 @@ def train(
     meta = {
         "architecture": {
             "name": recipe.model.name,
-            "options": {"num_classes": len(data.classes), **model_options(recipe.defense)},
+            "options": model_arch_options(recipe, len(data.classes)),
         },
         "defense": recipe.to_dict()["defense"],
         "classes": data.classes,
