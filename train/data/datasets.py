@@ -88,7 +88,10 @@ def render_split(
     workers = workers or min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2, 8)
     desc = f"render {split} ({len(jobs)} signs)"
     if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
+        import cv2
+
+        # one OpenCV thread per worker: the pool already uses every core
+        with mp.get_context("fork").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             it = pool.imap(_render_one, jobs, chunksize=64)
             out = list(tqdm(it, total=len(jobs), desc=desc, disable=not progress))
     else:
