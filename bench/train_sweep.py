@@ -26,7 +26,8 @@ GTSRB32 = ROOT.parent / "shared" / "data" / "gtsrb32" / "gtsrb32.npz"
 # GTSRB-32 has 43 classes and real photographs: longer schedule, real-data augmentation
 DATASETS = {
     "synthetic": {},
-    "gtsrb32": {"data.kind": "npz", "data.path": str(GTSRB32), "optim.epochs": 30, "optim.batch_size": 64},
+    "gtsrb32": {"data.kind": "npz", "data.path": str(GTSRB32), "optim.epochs": 15, "optim.batch_size": 64,
+                "optim.label_smoothing": 0.1},
 }
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     p.add_argument("--data", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--recipes", nargs="*", help="recipe names (default: every configs/*.yaml)")
     p.add_argument("--epochs", type=int, help="override epochs for every run")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch default)")
     p.add_argument("--runs", default="runs/sweep")
     p.add_argument("--out", default="reports/accuracy")
     args = p.parse_args()
@@ -48,6 +50,8 @@ def main() -> None:
             over = dict(DATASETS[ds])
             if args.epochs:
                 over["optim.epochs"] = args.epochs
+            if args.threads:
+                over["optim.num_threads"] = args.threads
             recipe = load_recipe(path, over)
             t0 = time.time()
             m = train(recipe, Path(args.runs) / ds / recipe.name, resume=True, progress=False)

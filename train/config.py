@@ -101,6 +101,7 @@ class OptimConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy target smoothing (helps the small, noisy real sets)
     seed: int = 0
     device: str = "auto"
     num_threads: int = 0  # 0 = torch default
@@ -110,6 +111,8 @@ class OptimConfig:
             raise ConfigError(f"{where}: epochs and batch_size must be positive")
         if self.lr <= 0:
             raise ConfigError(f"{where}.lr: must be > 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{where}.label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"{where}.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 

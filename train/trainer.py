@@ -163,7 +163,7 @@ def train(
             xb, yb = xb.to(device), yb.to(device)
             f1 = model.features1(xb)
             logits = model.head(f1)
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=o.label_smoothing)
             reg = penalty(model, f1) if penalty is not None else torch.zeros((), device=device)
             opt.zero_grad(set_to_none=True)
             (loss + reg).backward()

@@ -1,0 +1,1 @@
+"""Adversarial attacks with one calling convention (see :mod:`train.attacks.base`)."""

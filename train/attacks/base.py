@@ -1,0 +1,174 @@
+"""What every attack shares: the calling convention, the result type, projection and the loss sign.
+
+One attack = one small class.  The constructor takes the model and the
+budget as keywords; calling it maps ``(x in [0, 1] NCHW, y, target=None,
+seed=0)`` to an :class:`AttackResult` (adversarial images in [0, 1] plus
+per-sample info).  Subclasses implement :meth:`Attack.perturb` on one batch;
+batching, eval-mode switching, seeding, the progress bar and the common
+per-sample info (clean/adversarial predictions, success, L2 dissimilarity)
+live here once.  Attacks whose perturbation is shared across images (UAP)
+or lives in sign coordinates (RP2) override ``__call__`` but return the same
+result type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.errors import SignguardError
+
+NORMS = ("linf", "l2")
+
+
+@dataclass
+class AttackResult:
+    """``x_adv`` (N, 3, H, W) in [0, 1] on the input's device; ``info`` per-sample numpy arrays and scalars.
+
+    Per-sample keys every attack fills: ``pred_clean``, ``pred_adv``,
+    ``success`` (targeted: ``pred_adv == target``; untargeted:
+    ``pred_adv != y``), ``l2_dissimilarity`` (||x - x_adv||_2 / ||x||_2,
+    BlurNet Sec. II-A), ``linf`` (max |x - x_adv|).
+    """
+
+    x_adv: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        s = self.info["success"]
+        return float(np.mean(s)) if len(s) else float("nan")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Attack the deployed behaviour (dropout off, BN running stats), then restore the training flag."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor | None, target: torch.Tensor | None = None) -> None:
+    """Clear errors for the mistakes that otherwise surface deep inside autograd."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise SignguardError(f"attack: images must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        lo, hi = float(x.min()), float(x.max())
+        raise SignguardError(f"attack: images must be in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
+    for name, t in (("labels", y), ("target", target)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.shape != (len(x),)):
+            raise SignguardError(f"attack: {name} must be a tensor of shape ({len(x)},), got {getattr(t, 'shape', t)}")
+
+
+def adv_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample loss the attacker *ascends*: CE to the true label, or minus CE to the target."""
+    if target is None:
+        return F.cross_entropy(logits, y, reduction="none")
+    return -F.cross_entropy(logits, target, reduction="none")
+
+
+def flat_norm(d: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm of a batch, shape (N,)."""
+    f = d.flatten(1)
+    return f.abs().amax(1) if norm == "linf" else f.norm(dim=1)
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Projection of each sample's perturbation onto the ``norm`` ball of radius ``eps``."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    n = flat_norm(delta, "l2").clamp_min(1e-12).view(-1, *([1] * (delta.dim() - 1)))
+    return delta * torch.clamp(eps / n, max=1.0)
+
+
+def normalized_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """Steepest-ascent direction of unit ``norm``: sign for L-inf, grad / ||grad||_2 for L2."""
+    if norm == "linf":
+        return grad.sign()
+    n = flat_norm(grad, "l2").clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+    return grad / n
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise SignguardError(f"attack: norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
+@torch.no_grad()
+def batched_predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    with eval_mode(model):
+        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]) \
+            if len(x) else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def describe(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+             pred_clean: torch.Tensor, pred_adv: torch.Tensor) -> dict[str, np.ndarray]:
+    """The per-sample info every :class:`AttackResult` carries."""
+    d = (x_adv - x).flatten(1)
+    succ = pred_adv == target if target is not None else pred_adv != y
+    return {
+        "pred_clean": pred_clean.cpu().numpy(),
+        "pred_adv": pred_adv.cpu().numpy(),
+        "success": succ.cpu().numpy(),
+        "l2_dissimilarity": (d.norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)).cpu().numpy(),
+        "linf": d.abs().amax(1).cpu().numpy() if d.numel() else np.zeros(len(x)),
+    }
+
+
+class Attack:
+    """Base class: batching, eval mode, per-batch seeding, progress and the common info.
+
+    Subclasses set ``name`` and implement ``perturb(x, y, target, gen) ->
+    (x_adv, extra_info)`` for one batch, ``extra_info`` holding per-sample
+    tensors/arrays (concatenated over batches) -- e.g. DeepFool's minimal
+    perturbation norm.  ``gen`` is a CPU ``torch.Generator`` seeded from
+    ``(seed, batch index)``, so results do not depend on the batch size's
+    effect on the global RNG.
+    """
+
+    name = "attack"
+    targeted_ok = True
+
+    def __init__(self, model: nn.Module, *, batch_size: int = 256, progress: bool = False):
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.progress = progress
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
+                 seed: int = 0) -> AttackResult:
+        from tqdm import tqdm
+
+        check_inputs(x, y, target)
+        if target is not None and not self.targeted_ok:
+            raise SignguardError(f"attack {self.name}: targeted mode is not supported")
+        advs: list[torch.Tensor] = []
+        extra: dict[str, list] = {}
+        with eval_mode(self.model):
+            starts = range(0, len(x), self.batch_size)
+            for b, i in enumerate(tqdm(starts, desc=self.name, disable=not self.progress, leave=False)):
+                sl = slice(i, i + self.batch_size)
+                gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + b)
+                xa, ex = self.perturb(x[sl], y[sl], None if target is None else target[sl], gen)
+                advs.append(xa.detach().clamp(0.0, 1.0))
+                for k, v in ex.items():
+                    extra.setdefault(k, []).append(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+        x_adv = torch.cat(advs) if advs else x.clone()
+        pred_clean = batched_predict(self.model, x)
+        pred_adv = batched_predict(self.model, x_adv)
+        info = describe(x, x_adv, y, target, pred_clean, pred_adv)
+        info.update({k: np.concatenate(v) for k, v in extra.items()})
+        return AttackResult(x_adv, info)

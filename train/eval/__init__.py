@@ -1,0 +1,1 @@
+"""Robustness evaluation: the papers' metrics, sweeps and reports."""
