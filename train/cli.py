@@ -25,6 +25,9 @@ COMMANDS = {
     "render": ("train.commands.render_cmd", "render synthetic signs: contact sheet or drive-by video",
                "signguard"),
     "run": ("edge.cli", "run the camera/video loop on a bundle (torch-free)", "signguard[edge]"),
+    "attack": ("train.commands.attack_cmd", "make one attack artifact: RP2 sticker, UAP or PGD examples",
+               "signguard[train]"),
+    "eval": ("train.commands.eval_cmd", "robustness sweep: models x attacks -> tables and plots", "signguard[train]"),
     "demo": ("train.demo", "end-to-end demo on the embedded synthetic signs", "signguard[train,edge]"),
 }
 

@@ -18,7 +18,7 @@ from edge.errors import ConfigError
 from edge.preprocess import PreprocessConfig
 
 DATA_KINDS = ("synthetic", "npz", "gtsrb", "lisa", "folder")
-DEFENSES = ("none", "blur", "tv", "tik_hf", "tik_pseudo", "gaussian")
+DEFENSES = ("none", "blur", "tv", "tik_hf", "tik_pseudo", "gaussian", "pgd_at")
 
 
 @dataclass
@@ -55,6 +55,9 @@ class DefenseConfig:
     - ``tik_hf``: ||(I - L_avg) F||_2, Eq. 6 (``window`` = moving-average width).
     - ``tik_pseudo``: ||L_diff^+ (.) F||_2, Eq. 7.
     - ``gaussian``: train on x + N(0, sigma^2).
+    - ``pgd_at``: PGD adversarial training (Madry et al.; BlurNet's Adv-train
+      baseline): ``adv_fraction`` of every batch replaced by L-inf PGD
+      examples (``eps``, ``attack_steps`` steps of ``step_size``).
     """
 
     kind: str = "none"
@@ -63,6 +66,10 @@ class DefenseConfig:
     learnable: bool = True
     window: int = 3
     sigma: float = 0.0
+    eps: float = 8 / 255
+    attack_steps: int = 7
+    step_size: float = 2 / 255
+    adv_fraction: float = 0.5
 
     def check(self, where: str) -> None:
         if self.kind not in DEFENSES:
@@ -75,6 +82,13 @@ class DefenseConfig:
             raise ConfigError(f"{where}.window: expected >= 2, got {self.window}")
         if self.kind == "gaussian" and self.sigma <= 0:
             raise ConfigError(f"{where}.sigma: expected > 0 for the gaussian defense")
+        if self.kind == "pgd_at":
+            if not (0 < self.eps <= 1 and 0 < self.step_size <= 1):
+                raise ConfigError(f"{where}.eps/step_size: expected numbers in (0, 1]")
+            if self.attack_steps < 1:
+                raise ConfigError(f"{where}.attack_steps: expected >= 1, got {self.attack_steps}")
+            if not 0 < self.adv_fraction <= 1:
+                raise ConfigError(f"{where}.adv_fraction: expected a number in (0, 1], got {self.adv_fraction}")
 
 
 @dataclass

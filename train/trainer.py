@@ -118,6 +118,12 @@ def train(
         else torch.optim.Adam(params, lr=o.lr, betas=betas, eps=eps)
     )
     penalty = make_penalty(recipe.defense)
+    attack = None
+    if recipe.defense.kind == "pgd_at":
+        from .attacks.pgd import PGD
+
+        d = recipe.defense
+        attack = PGD(model, eps=d.eps, alpha=d.step_size, steps=d.attack_steps, batch_size=len(data.train.y))
     start, best = 0, -1.0
     if resume and (run_dir / "train_state.json").is_file():
         state_model, _ = load_checkpoint(run_dir / "last.json", device=device)
@@ -160,6 +166,10 @@ def train(
                 xb = augment(xb, gen)
             if recipe.defense.kind == "gaussian":
                 xb = xb + recipe.defense.sigma * torch.randn(xb.shape, generator=gen)
+            elif attack is not None:
+                k = max(1, int(round(recipe.defense.adv_fraction * len(xb))))
+                adv = attack(xb[:k].to(device), yb[:k].to(device), seed=o.seed * 1_000_003 + epoch * 10_007 + i)
+                xb = torch.cat([adv.x_adv.cpu(), xb[k:]])
             xb, yb = xb.to(device), yb.to(device)
             f1 = model.features1(xb)
             logits = model.head(f1)

@@ -43,5 +43,6 @@ class FGSM(Attack):
     def perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                 gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         xg = x.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(adv_loss(self.model(xg), y, target).sum(), xg)
+        # float64 logits so that a confident sample's softmax does not round to 1 and zero the gradient
+        (grad,) = torch.autograd.grad(adv_loss(self.model(xg).double(), y, target).sum(), xg)
         return (x + self.eps * normalized_step(grad, self.norm)).clamp(0.0, 1.0), {}

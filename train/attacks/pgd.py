@@ -75,7 +75,10 @@ class PGD(Attack):
         delta = (x + delta).clamp(0.0, 1.0) - x
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            (grad,) = torch.autograd.grad(adv_loss(self.model(x + delta), y, target).sum(), delta)
+            # float64 logits: in float32 a confident sample's softmax rounds to exactly 1 and the
+            # cross-entropy gradient loses its true-class term (seen masking ~25% of a toy model's images).
+            logits = self.model(x + delta).double()
+            (grad,) = torch.autograd.grad(adv_loss(logits, y, target).sum(), delta)
             delta = project(delta.detach() + self.alpha * normalized_step(grad, self.norm), self.eps, self.norm)
             # Clipping to the box after the ball projection only shrinks |delta| coordinate-wise,
             # so the iterate stays inside both sets.

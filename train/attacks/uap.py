@@ -238,7 +238,8 @@ class SPGDUniversal(Attack):
         for _ in tqdm(range(self.steps), desc=self.name, disable=not self.progress, leave=False):
             idx = torch.randperm(len(x), generator=gen)[: self.batch_size].to(x.device)
             v.requires_grad_(True)
-            ce = F.cross_entropy(self.model((x[idx] + v).clamp(0.0, 1.0)), k0[idx], reduction="none")
+            logits = self.model((x[idx] + v).clamp(0.0, 1.0)).double()  # float64: see PGD.perturb
+            ce = F.cross_entropy(logits, k0[idx], reduction="none")
             (grad,) = torch.autograd.grad(ce.clamp(max=self.loss_clip).mean(), v)
             v = project(v.detach() + alpha * normalized_step(grad, self.norm), xi, self.norm)
         return v[0].detach()

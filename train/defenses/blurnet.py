@@ -82,7 +82,7 @@ Penalty = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 def make_penalty(cfg: DefenseConfig) -> Optional[Penalty]:
     """The defense's training-loss term as ``penalty(model, F) -> alpha * R``, or None."""
-    if cfg.alpha == 0 or cfg.kind in ("none", "gaussian"):
+    if cfg.alpha == 0 or cfg.kind in ("none", "gaussian", "pgd_at"):
         return None
     if cfg.kind == "blur":
         if not cfg.learnable:

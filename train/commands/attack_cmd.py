@@ -1,0 +1,120 @@
+"""``signguard attack rp2|uap|pgd CHECKPOINT --out DIR``: make and save one attack artifact.
+
+* ``rp2``: a printable sticker for one target (PNG + PDF at the physical
+  size, mask, JSON), a preview grid of held-out views, and its held-out
+  success rate.
+* ``uap``: a universal perturbation (``.npy`` + JSON sidecar) made on the
+  synthetic test split of the checkpoint's recipe.
+* ``pgd``: adversarial copies of held-out sign views (``.npz``) with their
+  success rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..data.classes import LISA_CLASSES
+
+    sub = p.add_subparsers(dest="kind", required=True)
+    for name, help_text in (("rp2", "RP2 sticker for one target class"), ("uap", "universal perturbation"),
+                            ("pgd", "PGD adversarial examples of sign views")):
+        q = sub.add_parser(name, help=help_text)
+        q.add_argument("checkpoint", help="run folder or model.json of a trained model")
+        q.add_argument("--out", required=True, help="output folder")
+        q.add_argument("--sign", default="stop", choices=LISA_CLASSES, help="sign class to attack")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--views", type=int, default=40, help="optimisation / evaluation views (poses)")
+        if name == "rp2":
+            q.add_argument("--target", default="speedLimit45", choices=LISA_CLASSES)
+            q.add_argument("--steps", type=int, default=300)
+            q.add_argument("--lam", type=float, default=0.002, help="weight of ||M . delta||_2 (paper's lambda)")
+            q.add_argument("--mask", default="bars", help="bars, sign, or a PNG (white = sticker)")
+            q.add_argument("--palette", help="printable colours, one RGB per line (default: shipped palette)")
+            q.add_argument("--dct-dim", type=int, default=0, help="low-frequency variant (BlurNet Eq. 8)")
+            q.add_argument("--sign-width-mm", type=float, default=750.0, help="physical sign width")
+            q.add_argument("--dpi", type=int, default=150)
+        elif name == "uap":
+            q.add_argument("--xi", type=float, help="budget (default: the papers' 10/255 L-inf)")
+            q.add_argument("--norm", default="linf", choices=["linf", "l2"])
+            q.add_argument("--n", type=int, default=500, help="test images to fit it on")
+        else:
+            q.add_argument("--eps", type=float, default=8 / 255)
+            q.add_argument("--steps", type=int, default=10)
+            q.add_argument("--alpha", type=float, default=0.01)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from edge.fileio import atomic_write_bytes, atomic_write_json
+
+    from ..attacks.views import render_views
+    from ..checkpoint import load_checkpoint, read_sidecar
+    from ..data.classes import LISA_CLASSES, LISA_INDEX
+
+    model, meta = load_checkpoint(args.checkpoint)
+    _, side = read_sidecar(args.checkpoint)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cls = LISA_INDEX[args.sign]
+    if args.kind == "rp2":
+        from ..attacks.rp2 import RP2, evaluate_stickers
+        from ..attacks.sticker_io import preview_grid, save_sticker
+        from ..attacks.views import render_with_sticker
+        from ..trainer import predict
+
+        target = LISA_INDEX[args.target]
+        train_v = render_views(cls, args.views, args.seed * 2 + 1)
+        held = render_views(cls, args.views, args.seed * 2 + 2)
+        res = RP2(model, steps=args.steps, lam=args.lam, mask=args.mask, palette=args.palette, dct_dim=args.dct_dim,
+                  progress=True)(train_v, [target], seed=args.seed)
+        ev = evaluate_stickers(model, held, res)
+        rate = ev["per_target"][0]["targeted_success"]
+        paths = save_sticker(out, res.stickers[0].transpose(1, 2, 0), res.region > 0, args.sign_width_mm, args.dpi,
+                             {"model_sha256": side["weights_sha256"], "sign": args.sign, "target": args.target,
+                              "heldout_targeted_success": rate, "heldout_views": len(held),
+                              "clean_view_accuracy": ev["clean_accuracy"], "config": res.config})
+        xs = render_with_sticker(held, res.stickers[0], res.region)[:16]
+        preview_grid(out / "preview.png", xs, [LISA_CLASSES[p] for p in predict(model, xs)])
+        print(f"rp2 {args.sign} -> {args.target}: {100 * rate:.1f}% targeted success on {len(held)} held-out poses "
+              f"(clean accuracy {100 * ev['clean_accuracy']:.1f}%)\nsticker: {paths['sticker_png']}, "
+              f"{paths['sticker_pdf']}")
+    elif args.kind == "uap":
+        from edge.preprocess import PreprocessConfig
+
+        from ..attacks.uap import UAP, save_perturbation
+        from ..config import DataConfig
+        from ..data.datasets import load_data
+
+        data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
+        idx = np.random.default_rng(args.seed).permutation(len(data.test))[: args.n]
+        x, y = torch.from_numpy(data.test.x[idx]), torch.from_numpy(data.test.y[idx]).long()
+        r = UAP(model, xi=args.xi, norm=args.norm, progress=True)(x, y, seed=args.seed)
+        fr = float(r.info["fooling_ratio"])
+        v = r.info["perturbation"]
+        norm = float(np.abs(v).max() if args.norm == "linf" else np.linalg.norm(v))
+        save_perturbation(out / "uap.npy", v, {"norm": args.norm, "xi": norm if args.xi is None else args.xi,
+                                               "fooling_ratio": fr, "model_hash": side["weights_sha256"],
+                                               "n_images": len(x), "seed": args.seed})
+        print(f"uap ({args.norm}, ||v|| = {norm:.4f}): fooling ratio {100 * fr:.1f}% on {len(x)} test images "
+              f"-> {out / 'uap.npy'}")
+    else:
+        from ..attacks.pgd import PGD
+
+        held = render_views(cls, args.views, args.seed * 2 + 2)
+        y = torch.full((len(held),), cls, dtype=torch.long)
+        r = PGD(model, eps=args.eps, alpha=args.alpha, steps=args.steps)(held.x, y, seed=args.seed)
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, x=held.x.numpy(), x_adv=r.x_adv.numpy(), y=y.numpy(), pred_adv=r.info["pred_adv"])
+        atomic_write_bytes(out / "pgd.npz", buf.getvalue())
+        rate = float(np.mean(r.info["success"]))
+        atomic_write_json(out / "pgd.json", {"eps": args.eps, "steps": args.steps, "alpha": args.alpha,
+                                             "success_rate": rate, "model_sha256": side["weights_sha256"]})
+        print(f"pgd eps={args.eps:.4f}: {100 * rate:.1f}% of {len(y)} views misclassified -> {out / 'pgd.npz'}")
+    return 0
