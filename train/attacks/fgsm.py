@@ -9,18 +9,19 @@ from torch import nn
 
 from edge.errors import SignguardError
 
-from .base import Attack, adv_loss, check_norm, normalized_step
+from .base import Attack, check_norm, normalized_step
+from .pgd import log_adv_loss
 
 
 class FGSM(Attack):
     """Fast gradient sign method (Goodfellow, Shlens & Szegedy, "Explaining and harnessing adversarial
-    examples", ICLR 2015, Eq. 6): one steepest-ascent step of the attacker's loss.
+    examples", ICLR 2015, Sec. 4): one steepest-ascent step of the attacker's loss.
 
     Threat model: white-box, per-image perturbation with ``||x_adv - x||_norm <= eps``.
 
-    ``x_adv = clip(x + eps * normalized_step(grad_x L, norm), 0, 1)`` where ``L`` is
-    :func:`~train.attacks.base.adv_loss` (cross-entropy to ``y``, or minus
-    cross-entropy to ``target`` when targeted).  ``norm="linf"`` is the paper's
+    ``x_adv = clip(x + eps * normalized_step(grad_x L, norm), 0, 1)`` where ``L`` is the
+    cross-entropy to ``y`` (or minus the cross-entropy to ``target`` when targeted),
+    differentiated through its log (:func:`~train.attacks.pgd.log_adv_loss`: same step).  ``norm="linf"`` is the paper's
     sign step; ``"l2"`` is the fast gradient method's ``grad / ||grad||_2``.
 
     Args:
@@ -43,6 +44,6 @@ class FGSM(Attack):
     def perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                 gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         xg = x.detach().clone().requires_grad_(True)
-        # float64 logits so that a confident sample's softmax does not round to 1 and zero the gradient
-        (grad,) = torch.autograd.grad(adv_loss(self.model(xg).double(), y, target).sum(), xg)
+        # log CE: the same step as CE's gradient, without its underflow on confident samples
+        (grad,) = torch.autograd.grad(log_adv_loss(self.model(xg), y, target).sum(), xg)
         return (x + self.eps * normalized_step(grad, self.norm)).clamp(0.0, 1.0), {}
