@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
         idx = np.random.default_rng(args.seed).permutation(len(data.test))[: args.n]
         x, y = torch.from_numpy(data.test.x[idx]), torch.from_numpy(data.test.y[idx]).long()
-        r = UAP(model, xi=args.xi, norm=args.norm, progress=True)(x, y, seed=args.seed)
+        r = UAP(model, xi=args.xi, norm=args.norm, batch_size=8, progress=True)(x, y, seed=args.seed)
         fr = float(r.info["fooling_ratio"])
         v = r.info["perturbation"]
         norm = float(np.abs(v).max() if args.norm == "linf" else np.linalg.norm(v))

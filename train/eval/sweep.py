@@ -345,7 +345,7 @@ def _pixel_attack(model: nn.Module, a: dict[str, Any]):
     if kind == "deepfool":
         return DeepFool(model, overshoot=float(a.get("overshoot", 0.02)), max_iter=int(a.get("max_iter", 50)))
     return UAP(model, xi=a.get("xi"), norm=a.get("norm", "linf"), target_fooling=float(a.get("target_fooling", 0.8)),
-               max_passes=int(a.get("max_passes", 5)))
+               max_passes=int(a.get("max_passes", 5)), batch_size=int(a.get("batch_size", 8)))
 
 
 # --------------------------------------------------------------------------- report
