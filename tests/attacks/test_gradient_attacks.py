@@ -7,21 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import SignguardError
+from train.attacks.base import adv_loss
 from train.attacks.deepfool import DeepFool
 from train.attacks.fgsm import FGSM
-from train.attacks.pgd import PGD, log_adv_loss
+from train.attacks.pgd import PGD
 from train.eval.metrics import accuracy, rho_2
-from train.models import create_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two spinning
-    OpenMP threads made these tests 20-70x slower; restored afterwards for the rest of the suite."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _colour_data(n, seed):
@@ -38,17 +28,8 @@ def _colour_data(n, seed):
 
 
 @pytest.fixture(scope="module")
-def toy():
-    torch.manual_seed(0)
-    x, y = _colour_data(300, seed=0)
-    model = create_model("lisa_cnn_tiny", num_classes=3)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(6):
-        for idx in torch.randperm(len(x)).split(32):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+def toy(fit_tiny):
+    model = fit_tiny(*_colour_data(300, seed=0), num_classes=3)
     xt, yt = _colour_data(120, seed=1)
     return model, xt, yt
 
@@ -203,15 +184,15 @@ def test_deepfool_refuses_targets(toy):
         DeepFool(model)(x[:2], y[:2], target=y[:2])
 
 
-def test_log_adv_loss_is_the_log_of_the_cross_entropy_and_survives_saturation():
+def test_adv_loss_is_the_log_of_the_cross_entropy_and_survives_saturation():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], dtype=torch.float64)
     y, t = torch.tensor([0, 2]), torch.tensor([1, 1])
     ce = F.cross_entropy(logits, y, reduction="none")
-    torch.testing.assert_close(log_adv_loss(logits, y, None), ce.log())
-    torch.testing.assert_close(log_adv_loss(logits, y, t), -F.cross_entropy(logits, t, reduction="none").log())
+    torch.testing.assert_close(adv_loss(logits, y, None), ce.log())
+    torch.testing.assert_close(adv_loss(logits, y, t), -F.cross_entropy(logits, t, reduction="none").log())
     # a 150-nat margin: the cross-entropy's gradient has lost its true-class term, log CE's has not
     z = torch.tensor([[150.0, 0.0, -10.0]], requires_grad=True)
-    (g,) = torch.autograd.grad(log_adv_loss(z, torch.tensor([0]), None).sum(), z)
+    (g,) = torch.autograd.grad(adv_loss(z, torch.tensor([0]), None).sum(), z)
     # ~ d/dz of (z_1 - z_0), the runner-up's margin (class 2 weighs e^-10)
     torch.testing.assert_close(g, torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-4, rtol=0)
 

@@ -19,17 +19,6 @@ from train.attacks.uap import (
     save_perturbation,
 )
 from train.eval.metrics import fooling_ratio
-from train.models import create_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two spinning
-    OpenMP threads made these tests 20-70x slower; restored afterwards for the rest of the suite."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _pattern_data(n, seed, classes=10):
@@ -49,17 +38,8 @@ def _pattern_data(n, seed, classes=10):
 
 
 @pytest.fixture(scope="module")
-def toy():
-    torch.manual_seed(0)
-    x, y = _pattern_data(300, seed=0)
-    model = create_model("lisa_cnn_tiny", num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(6):
-        for idx in torch.randperm(len(x)).split(32):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
+def toy(fit_tiny):
+    model = fit_tiny(*_pattern_data(300, seed=0), num_classes=10)
     xt, yt = _pattern_data(100, seed=1)
     assert (model(xt).argmax(1) == yt).float().mean() >= 0.95
     return model, xt, yt

@@ -92,7 +92,10 @@ def test_attack_cli_writes_printable_sticker(tmp_path, runs):
     assert meta["meta"]["target"] == "yield" and 0 <= meta["meta"]["heldout_targeted_success"] <= 1
     assert (out / "sticker.png").is_file() and (out / "sticker.pdf").is_file() and (out / "preview.png").is_file()
     assert main(["attack", "pgd", str(runs / "base"), "--out", str(tmp_path / "p"), "--views", "4"]) == 0
-    assert json.loads((tmp_path / "p" / "pgd.json").read_text())["success_rate"] >= 0
+    rate = json.loads((tmp_path / "p" / "pgd.json").read_text())["success_rate"]
+    arrays = np.load(tmp_path / "p" / "pgd.npz")
+    assert np.abs(arrays["x_adv"] - arrays["x"]).max() <= 8 / 255 + 1e-6  # budget respected
+    assert rate == pytest.approx(np.mean(arrays["pred_adv"] != arrays["y"]))  # the report matches the artifact
 
 
 def test_pgd_adversarial_training_is_more_robust_than_plain_training(tmp_path):

@@ -9,8 +9,7 @@ from torch import nn
 
 from edge.errors import SignguardError
 
-from .base import Attack, check_norm, normalized_step
-from .pgd import log_adv_loss
+from .base import Attack, adv_loss, check_norm, normalized_step
 
 
 class FGSM(Attack):
@@ -21,7 +20,7 @@ class FGSM(Attack):
 
     ``x_adv = clip(x + eps * normalized_step(grad_x L, norm), 0, 1)`` where ``L`` is the
     cross-entropy to ``y`` (or minus the cross-entropy to ``target`` when targeted),
-    differentiated through its log (:func:`~train.attacks.pgd.log_adv_loss`: same step).  ``norm="linf"`` is the paper's
+    differentiated through its log (:func:`~train.attacks.base.adv_loss`: same step).  ``norm="linf"`` is the paper's
     sign step; ``"l2"`` is the fast gradient method's ``grad / ||grad||_2``.
 
     Args:
@@ -45,5 +44,5 @@ class FGSM(Attack):
                 gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         xg = x.detach().clone().requires_grad_(True)
         # log CE: the same step as CE's gradient, without its underflow on confident samples
-        (grad,) = torch.autograd.grad(log_adv_loss(self.model(xg), y, target).sum(), xg)
+        (grad,) = torch.autograd.grad(adv_loss(self.model(xg), y, target).sum(), xg)
         return (x + self.eps * normalized_step(grad, self.norm)).clamp(0.0, 1.0), {}

@@ -5,32 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import SignguardError
 
-from .base import Attack, check_norm, normalized_step, project
-
-
-def log_adv_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample ``log`` of :func:`~train.attacks.base.adv_loss`'s cross-entropy (negated when targeted), (N,).
-
-    Why not the cross-entropy itself: attacks with per-sample normalised steps (sign, or
-    grad / ||grad||_2: PGD, FGSM) take the same steps on ``log CE`` -- each sample's gradient only
-    gains the positive factor 1 / CE -- but CE's gradient breaks on confident samples: its true-class
-    term ``softmax_y - 1`` rounds to 0 once the logit margin passes ~17 nats in float32 (~36 in
-    float64), leaving a wrong direction.  (Seen: a toy CNN with margins of 130-170 kept 60% of its
-    accuracy under 8/255 PGD on CE, 0% on this loss.)  With ``CE = softplus(L)``,
-    ``L = logsumexp_{k != c}(z_k - z_c)``, ``log CE`` is computed as ``log(softplus(L))``, or as ``L``
-    itself (error < 1e-9) where ``L < -20`` and softplus would underflow.
-    """
-    c = (y if target is None else target)[:, None]
-    gaps = (logits - logits.gather(1, c)).scatter(1, c, float("-inf"))
-    lse = torch.logsumexp(gaps, dim=1)
-    small = lse < -20
-    log_ce = torch.where(small, lse, torch.log(F.softplus(torch.where(small, torch.zeros_like(lse), lse))))
-    return log_ce if target is None else -log_ce
+from .base import Attack, adv_loss, check_norm, normalized_step, project
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
@@ -57,7 +36,7 @@ class PGD(Attack):
     attacks", ICLR 2018, Sec. 2.1): ``steps`` normalised ascent steps on the cross-entropy (to ``y``;
     minus the cross-entropy to ``target`` when targeted), each followed by projection onto the ``eps``
     ball around ``x`` and onto the [0, 1] image box.  The gradient is taken through the loss's log
-    (:func:`log_adv_loss`): the same steps, without the cross-entropy's underflow on confident samples.
+    (:func:`~train.attacks.base.adv_loss`): the same steps, without the cross-entropy's underflow on confident samples.
 
     Threat model: white-box, per-image, ``||x_adv - x||_norm <= eps`` (exactly: every iterate is
     projected, so the returned images respect the budget up to float rounding, < 1e-6).
@@ -98,7 +77,7 @@ class PGD(Attack):
         delta = (x + delta).clamp(0.0, 1.0) - x
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            loss = log_adv_loss(self.model(x + delta), y, target)  # same steps as on CE, no underflow
+            loss = adv_loss(self.model(x + delta), y, target)  # same steps as on CE, no underflow
             (grad,) = torch.autograd.grad(loss.sum(), delta)
             delta = project(delta.detach() + self.alpha * normalized_step(grad, self.norm), self.eps, self.norm)
             # Clipping to the box after the ball projection only shrinks |delta| coordinate-wise,

@@ -158,7 +158,7 @@ class RP2:
                     if step % 25 == 0 or step == self.steps - 1:
                         succ = (logits.argmax(1) == tgt).view(k, v).float().mean(1)
                         history.append({"step": step, "ce": ce.detach().mean().item(), "l2": l2.mean().item(),
-                                        "nps": nps.mean().item(), "reg": float(reg) / k,
+                                        "nps": nps.mean().item(), "reg": float(reg.detach()) / k,
                                         "success": succ.mean().item()})
             finally:
                 for p in self.model.parameters():

@@ -90,7 +90,25 @@ def _check_int(name: str, arg: str, value: int, low: int) -> int:
     return int(value)
 
 
-class UAP(Attack):
+class UniversalAttack(Attack):
+    """One perturbation for all images: ``fit(x, seed) -> v`` (3, H, W), then scored by :func:`apply_universal`."""
+
+    targeted_ok = False
+
+    def fit(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
+                 seed: int = 0) -> AttackResult:
+        check_inputs(x, y, target)
+        if target is not None:
+            raise SignguardError(f"attack {self.name}: targeted mode is not supported")
+        with eval_mode(self.model):
+            v = self.fit(x, seed)
+        return apply_universal(self.model, x, y, v)
+
+
+class UAP(UniversalAttack):
     """Universal adversarial perturbation (Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, CVPR 2017, Algorithm 1).
 
     Threat model: white-box, one image-agnostic perturbation ``v`` with ``||v||_norm <= xi`` added to
@@ -124,7 +142,6 @@ class UAP(Attack):
     """
 
     name = "uap"
-    targeted_ok = False
 
     def __init__(self, model: nn.Module, *, xi: float | None = None, norm: str = "linf", target_fooling: float = 0.8,
                  max_passes: int = 10, overshoot: float = 0.02, deepfool_iter: int = 10, num_candidates: int = 10,
@@ -138,15 +155,6 @@ class UAP(Attack):
         deepfool_iter = _check_int("uap", "deepfool_iter", deepfool_iter, 1)
         self.deepfool = DeepFool(model, overshoot=overshoot, max_iter=deepfool_iter, num_candidates=num_candidates,
                                  norm="l2", batch_size=self.batch_size)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
-                 seed: int = 0) -> AttackResult:
-        check_inputs(x, y, target)
-        if target is not None:
-            raise SignguardError("attack uap: targeted mode is not supported")
-        with eval_mode(self.model):
-            v = self.fit(x, seed)
-        return apply_universal(self.model, x, y, v)
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -177,7 +185,7 @@ class UAP(Attack):
         return v[0]
 
 
-class SPGDUniversal(Attack):
+class SPGDUniversal(UniversalAttack):
     """Universal perturbation by stochastic projected gradient ascent (Shafahi et al., "Universal adversarial
     training", AAAI 2020; the sPGD of Mummadi, Brox & Metzen, ICCV 2019).
 
@@ -203,7 +211,6 @@ class SPGDUniversal(Attack):
     """
 
     name = "spgd_universal"
-    targeted_ok = False
 
     def __init__(self, model: nn.Module, *, xi: float | None = None, norm: str = "linf", steps: int = 200,
                  alpha: float | None = None, batch_size: int = 32, loss_clip: float = 4.0, progress: bool = False):
@@ -216,15 +223,6 @@ class SPGDUniversal(Attack):
             raise SignguardError(f"spgd_universal: loss_clip must be > 0, got {loss_clip!r}")
         self.xi, self.alpha, self.loss_clip = xi, alpha, float(loss_clip)
         self.steps = _check_int("spgd_universal", "steps", steps, 1)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
-                 seed: int = 0) -> AttackResult:
-        check_inputs(x, y, target)
-        if target is not None:
-            raise SignguardError("attack spgd_universal: targeted mode is not supported")
-        with eval_mode(self.model):
-            v = self.fit(x, seed)
-        return apply_universal(self.model, x, y, v)
 
     def fit(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """The universal perturbation (3, H, W) for images ``x``; the model must already be in eval mode."""

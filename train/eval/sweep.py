@@ -199,7 +199,7 @@ def _rp2_attack(model: nn.Module, a: dict[str, Any], penalty=None):
     return RP2(model, feature_penalty=penalty, **{k: a[k] for k in keys if k in a})
 
 
-def _rp2_row(ev: dict[str, Any], res, meta: dict[str, Any]) -> dict[str, Any]:
+def _rp2_row(ev: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     per = {p["target"]: p["targeted_success"] for p in ev["per_target"]}
     s = metrics.targeted_summary(per)
     return {
@@ -278,18 +278,18 @@ class Runner:
                     return None
             res = _rp2_attack(model, a, penalty)(self.train_views, targets, seed=self.cfg.seed)
             ev = evaluate_stickers(model, self.heldout, res)
-            row = _rp2_row(ev, res, meta)
+            row = _rp2_row(ev, meta)
             self._save_sticker(a, label, model, res, ev)
             return row
         if kind == "rp2_transfer":
             res = _rp2_attack(model, a)(self.train_views, targets, seed=self.cfg.seed)
-            rows = {"source": _rp2_row(evaluate_stickers(model, self.heldout, res), res, meta)}
+            rows = {"source": _rp2_row(evaluate_stickers(model, self.heldout, res), meta)}
             for k in a.get("input_blur", []):
-                rows[f"input blur {k}x{k}"] = _rp2_row(evaluate_stickers(InputBlur(model, k).eval(), self.heldout,
-                                                                         res), res, meta)
+                blurred = InputBlur(model, k).eval()
+                rows[f"input blur {k}x{k}"] = _rp2_row(evaluate_stickers(blurred, self.heldout, res), meta)
             for k in a.get("feature_blur", []):
                 rows[f"{k}x{k} blur on L1 maps"] = _rp2_row(
-                    evaluate_stickers(feature_blur(model, meta, k), self.heldout, res), res, meta)
+                    evaluate_stickers(feature_blur(model, meta, k), self.heldout, res), meta)
             return {"variants": rows, "n_views": len(self.heldout)}
         x, y = self.images(a, meta)
         atk = _pixel_attack(model, a)
