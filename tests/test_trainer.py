@@ -72,8 +72,13 @@ def test_resume_is_exact(tmp_path):
             train(r, tmp_path / "c", progress=False, data=data)
     finally:
         T.accuracy = orig
-    assert json.loads((tmp_path / "c" / "train_state.json").read_text())["epoch"] == 1
-    train(r, tmp_path / "c", resume=True, progress=False, data=data)
+    state = json.loads((tmp_path / "c" / "train_state.json").read_text())
+    assert state["epoch"] == 1 and state["train_time_s"] > 0
+    metrics = train(r, tmp_path / "c", resume=True, progress=False, data=data)
+    # training time counts the epochs before the crash too, and resuming a finished run does not reset it
+    assert metrics["train_time_s"] >= round(state["train_time_s"], 1)
+    again = train(r, tmp_path / "c", resume=True, progress=False, data=data)
+    assert again["train_time_s"] >= metrics["train_time_s"]
     wa = load_checkpoint(tmp_path / "a" / "last.json")[0].state_dict()
     wc = load_checkpoint(tmp_path / "c" / "last.json")[0].state_dict()
     for k in wa:

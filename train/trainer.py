@@ -124,12 +124,12 @@ def train(
 
         d = recipe.defense
         attack = PGD(model, eps=d.eps, alpha=d.step_size, steps=d.attack_steps, batch_size=len(data.train.y))
-    start, best = 0, -1.0
+    start, best, prior_s = 0, -1.0, 0.0  # prior_s: training seconds spent before a resume
     if resume and (run_dir / "train_state.json").is_file():
         state_model, _ = load_checkpoint(run_dir / "last.json", device=device)
         model.load_state_dict(state_model.state_dict())
         st = load_train_state(run_dir, opt)
-        start, best = st["epoch"] + 1, st["best_val"]
+        start, best, prior_s = st["epoch"] + 1, st["best_val"], float(st.get("train_time_s", 0.0))
         log.info("resuming %s at epoch %d", run_dir, start)
     elif resume:
         log.warning("--resume: no training state in %s, starting from scratch", run_dir)
@@ -149,7 +149,7 @@ def train(
     xtr = torch.as_tensor(data.train.x)
     ytr = torch.as_tensor(data.train.y)
     real = recipe.data.kind != "synthetic" and recipe.data.augment
-    t0 = time.time()
+    t0 = time.time() - prior_s  # so elapsed times count the whole training across resumes
     for epoch in range(start, o.epochs):
         model.train()
         for g in opt.param_groups:
@@ -204,7 +204,7 @@ def train(
             best = val_acc
             save_checkpoint(run_dir / "model", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
         save_checkpoint(run_dir / "last", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
-        save_train_state(run_dir, opt, epoch, {"best_val": best})
+        save_train_state(run_dir, opt, epoch, {"best_val": best, "train_time_s": time.time() - t0})
 
     model, final_meta = load_checkpoint(run_dir / "model.json", device=device)
     metrics = {
