@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import SignguardError
-from train.attacks.base import adv_loss
+from train.attacks.base import adv_loss, margin_loss
 from train.attacks.deepfool import DeepFool
 from train.attacks.fgsm import FGSM
 from train.attacks.pgd import PGD
@@ -80,6 +80,41 @@ def test_targeted_pgd_reaches_its_target(toy):
     res = PGD(model, eps=16 / 255, alpha=2 / 255, steps=20)(x, y, target=target, seed=0)
     assert res.success_rate >= 0.9  # success = pred_adv == target here
     assert np.array_equal(res.info["success"], res.info["pred_adv"] == target.numpy())
+
+
+def test_margin_loss_on_hand_made_logits():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, -1.0]])
+    y = torch.tensor([0, 0])
+    # untargeted: best other logit minus the true one; positive exactly when misclassified
+    assert torch.allclose(margin_loss(logits, y, None), torch.tensor([2.0, -5.0]))
+    # targeted (ascended): target logit minus the best other
+    assert torch.allclose(margin_loss(logits, y, torch.tensor([2, 1])), torch.tensor([-1.0, -5.0]))
+
+
+def test_pgd_with_the_margin_loss_breaks_the_model_within_budget(toy):
+    model, x, y = toy
+    res = PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, loss="margin")(x, y, seed=0)
+    assert accuracy(res.info["pred_adv"], y.numpy()) <= 0.05
+    assert res.info["linf"].max() <= 8 / 255 + 1e-6
+
+
+class _Threshold(nn.Module):
+    """Class 1 iff pixel (0, 0, 0) > 0.5: on images at 0.5 - 1e-4 only the random start can flip it."""
+
+    def forward(self, x):
+        d = (x[:, 0, 0, 0] - 0.5) * 1000.0
+        return torch.stack([-d, d], dim=1)
+
+
+def test_pgd_restarts_keep_any_restart_that_succeeds():
+    x, y = torch.full((200, 3, 4, 4), 0.5 - 1e-4), torch.zeros(200, dtype=torch.long)
+    # alpha = 0: the result is the random start, which breaks each sample with probability ~1/2
+    one = PGD(_Threshold(), eps=0.01, alpha=0.0, steps=1)(x, y, seed=3)
+    five = PGD(_Threshold(), eps=0.01, alpha=0.0, steps=1, restarts=5)(x, y, seed=3)
+    assert 0.35 < one.success_rate < 0.65
+    assert np.all(five.info["success"] >= one.info["success"])  # restart 1 is the single run
+    assert five.success_rate > 0.9  # 1 - 2^-5 ~ 0.97 expected
+    assert five.info["linf"].max() <= 0.01 + 1e-6
 
 
 def test_pgd_is_deterministic_per_seed(toy):
@@ -168,6 +203,9 @@ def test_deepfool_flips_the_toy_cnn_with_small_perturbations(toy):
         (lambda m: PGD(m, norm="l1"), "norm"),
         (lambda m: PGD(m, eps=-0.1), "eps"),
         (lambda m: PGD(m, steps=0), "steps"),
+        (lambda m: PGD(m, loss="hinge"), "loss"),
+        (lambda m: PGD(m, restarts=0), "restarts"),
+        (lambda m: PGD(m, restarts=2, random_start=False), "random_start"),
         (lambda m: FGSM(m, eps=float("nan")), "eps"),
         (lambda m: DeepFool(m, num_candidates=1), "num_candidates"),
         (lambda m: DeepFool(m, max_iter=0), "max_iter"),

@@ -98,6 +98,21 @@ def test_attack_cli_writes_printable_sticker(tmp_path, runs):
     assert rate == pytest.approx(np.mean(arrays["pred_adv"] != arrays["y"]))  # the report matches the artifact
 
 
+def test_attack_cli_universal_perturbation_is_scored_on_heldout_images(tmp_path):
+    """`signguard attack uap`: fitted on training images, scored on test images, budget and sidecar honest."""
+    r = Recipe(name="tiny", data=DataConfig(train_per_class=6, test_per_class=3), model=ModelConfig("lisa_cnn_tiny"),
+               optim=OptimConfig(epochs=1, batch_size=32))
+    train(r, tmp_path / "run", progress=False)
+    out = tmp_path / "u"
+    assert main(["attack", "uap", str(tmp_path / "run"), "--out", str(out), "--method", "spgd", "--xi", "0.1",
+                 "--n", "60", "--n-test", "40"]) == 0
+    v = np.load(out / "uap.npy")
+    meta = json.loads((out / "uap.npy.json").read_text())
+    assert v.shape == (3, 32, 32) and np.abs(v).max() <= 0.1 + 1e-6
+    assert meta["method"] == "spgd" and meta["n_images"] == 60 and meta["heldout_images"] == 40
+    assert 0 <= meta["heldout_fooling_ratio"] <= 1 and meta["fooling_ratio"] > 0  # 0.1 L-inf fools a 1-epoch model
+
+
 def test_pgd_adversarial_training_is_more_robust_than_plain_training(tmp_path):
     """PGD-AT (BlurNet's Adv-train baseline) learns, and resists PGD far better than plain training."""
     import torch

@@ -90,6 +90,23 @@ def adv_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None)
     return log_ce if target is None else -log_ce
 
 
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample Carlini-Wagner margin the attacker *ascends*, (N,): ``max_{k != y} z_k - z_y``, or
+    ``z_t - max_{k != t} z_k`` toward a target.
+
+    Why a second loss: it is positive exactly when the attack succeeds and, unlike the cross-entropy,
+    does not saturate, so it checks that a PGD result is not an artefact of the loss (the standard
+    cross-check of Carlini & Wagner, S&P 2017, and of AutoAttack's DLR loss).
+    """
+    c = (y if target is None else target)[:, None]
+    zc = logits.gather(1, c)[:, 0]
+    other = logits.scatter(1, c, float("-inf")).amax(1)
+    return other - zc if target is None else zc - other
+
+
+LOSSES = {"ce": adv_loss, "margin": margin_loss}
+
+
 def flat_norm(d: torch.Tensor, norm: str) -> torch.Tensor:
     """Per-sample norm of a batch, shape (N,)."""
     f = d.flatten(1)

@@ -9,7 +9,7 @@ from torch import nn
 
 from edge.errors import SignguardError
 
-from .base import Attack, adv_loss, check_norm, normalized_step, project
+from .base import LOSSES, Attack, check_norm, normalized_step, project
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
@@ -53,13 +53,19 @@ class PGD(Attack):
         steps: number of iterations (default 10).
         norm: ``"linf"`` (default) or ``"l2"``.
         random_start: start from a uniform draw in the ball (default True), seeded per batch.
+        loss: ``"ce"`` (default; the log cross-entropy above) or ``"margin"`` (Carlini-Wagner,
+            :func:`~train.attacks.base.margin_loss`) -- a different loss that reaching the same accuracy
+            shows the attack has converged rather than stalled on one objective.
+        restarts: independent random starts (default 1); a sample counts as broken if any restart
+            breaks it (Madry et al.'s evaluation protocol), and its image is taken from that restart.
         batch_size, progress: see :class:`~train.attacks.base.Attack`.
     """
 
     name = "pgd"
 
     def __init__(self, model: nn.Module, *, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
-                 norm: str = "linf", random_start: bool = True, batch_size: int = 256, progress: bool = False):
+                 norm: str = "linf", random_start: bool = True, loss: str = "ce", restarts: int = 1,
+                 batch_size: int = 256, progress: bool = False):
         super().__init__(model, batch_size=batch_size, progress=progress)
         for arg, value in (("eps", eps), ("alpha", alpha)):
             if not value >= 0:
@@ -69,18 +75,39 @@ class PGD(Attack):
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
         self.norm = check_norm(norm)
         self.random_start = bool(random_start)
+        if loss not in LOSSES:
+            raise SignguardError(f"pgd: loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        self.loss = LOSSES[loss]
+        if int(restarts) != restarts or restarts < 1:
+            raise SignguardError(f"pgd: restarts must be an integer >= 1, got {restarts!r}")
+        if restarts > 1 and not random_start:
+            raise SignguardError("pgd: restarts > 1 needs random_start=True (every restart would be the same)")
+        self.restarts = int(restarts)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                 gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         x = x.detach()
+        best = self._one_run(x, y, target, gen)
+        for _ in range(self.restarts - 1):
+            with torch.no_grad():
+                pred = self.model(best).argmax(1)
+            done = pred == target if target is not None else pred != y
+            if bool(done.all()):
+                break
+            cand = self._one_run(x, y, target, gen)
+            best = torch.where(done.view(-1, 1, 1, 1), best, cand)
+        return best, {}
+
+    def _one_run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                 gen: torch.Generator) -> torch.Tensor:
         delta = random_start(x, self.eps, self.norm, gen) if self.random_start else torch.zeros_like(x)
         delta = (x + delta).clamp(0.0, 1.0) - x
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            loss = adv_loss(self.model(x + delta), y, target)  # same steps as on CE, no underflow
+            loss = self.loss(self.model(x + delta), y, target)
             (grad,) = torch.autograd.grad(loss.sum(), delta)
             delta = project(delta.detach() + self.alpha * normalized_step(grad, self.norm), self.eps, self.norm)
             # Clipping to the box after the ball projection only shrinks |delta| coordinate-wise,
             # so the iterate stays inside both sets.
             delta = (x + delta).clamp(0.0, 1.0) - x
-        return x + delta, {}
+        return x + delta

@@ -3,8 +3,9 @@
 * ``rp2``: a printable sticker for one target (PNG + PDF at the physical
   size, mask, JSON), a preview grid of held-out views, and its held-out
   success rate.
-* ``uap``: a universal perturbation (``.npy`` + JSON sidecar) made on the
-  synthetic test split of the checkpoint's recipe.
+* ``uap``: a universal perturbation (``.npy`` + JSON sidecar) fitted on
+  training images of the checkpoint's recipe and scored (fooling ratio) on
+  held-out test images it never saw.
 * ``pgd``: adversarial copies of held-out sign views (``.npz``) with their
   success rate.
 """
@@ -39,11 +40,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         elif name == "uap":
             q.add_argument("--xi", type=float, help="budget (default: the papers' 10/255 L-inf)")
             q.add_argument("--norm", default="linf", choices=["linf", "l2"])
-            q.add_argument("--n", type=int, default=500, help="test images to fit it on")
+            q.add_argument("--method", default="uap", choices=["uap", "spgd"],
+                           help="uap: Moosavi-Dezfooli's DeepFool loop; spgd: stochastic PGD (faster, stronger)")
+            q.add_argument("--n", type=int, default=500, help="training images to fit it on")
+            q.add_argument("--n-test", type=int, default=1000, help="held-out test images to score it on")
         else:
             q.add_argument("--eps", type=float, default=8 / 255)
             q.add_argument("--steps", type=int, default=10)
             q.add_argument("--alpha", type=float, default=0.01)
+            q.add_argument("--loss", default="ce", choices=["ce", "margin"])
+            q.add_argument("--restarts", type=int, default=1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,28 +92,43 @@ def run(args: argparse.Namespace) -> int:
     elif args.kind == "uap":
         from edge.preprocess import PreprocessConfig
 
-        from ..attacks.uap import UAP, save_perturbation
+        from ..attacks.base import eval_mode
+        from ..attacks.uap import UAP, SPGDUniversal, apply_universal, save_perturbation
         from ..config import DataConfig
         from ..data.datasets import load_data
 
         data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
-        idx = np.random.default_rng(args.seed).permutation(len(data.test))[: args.n]
-        x, y = torch.from_numpy(data.test.x[idx]), torch.from_numpy(data.test.y[idx]).long()
-        r = UAP(model, xi=args.xi, norm=args.norm, batch_size=8, progress=True)(x, y, seed=args.seed)
-        fr = float(r.info["fooling_ratio"])
-        v = r.info["perturbation"]
+        rng = np.random.default_rng(args.seed)
+        fit_idx = rng.permutation(len(data.train))[: args.n]
+        test_idx = rng.permutation(len(data.test))[: args.n_test]
+        x_fit = torch.from_numpy(data.train.x[fit_idx])
+        x_test, y_test = torch.from_numpy(data.test.x[test_idx]), torch.from_numpy(data.test.y[test_idx]).long()
+        make = UAP if args.method == "uap" else SPGDUniversal
+        kw = {"batch_size": 8} if args.method == "uap" else {}
+        attack = make(model, xi=args.xi, norm=args.norm, progress=True, **kw)
+        with eval_mode(model):
+            v = attack.fit(x_fit, seed=args.seed)
+        fit_res = apply_universal(model, x_fit, torch.from_numpy(data.train.y[fit_idx]).long(), v)
+        test_res = apply_universal(model, x_test, y_test, v)
+        v = v.cpu().numpy()
         norm = float(np.abs(v).max() if args.norm == "linf" else np.linalg.norm(v))
-        save_perturbation(out / "uap.npy", v, {"norm": args.norm, "xi": norm if args.xi is None else args.xi,
-                                               "fooling_ratio": fr, "model_hash": side["weights_sha256"],
-                                               "n_images": len(x), "seed": args.seed})
-        print(f"uap ({args.norm}, ||v|| = {norm:.4f}): fooling ratio {100 * fr:.1f}% on {len(x)} test images "
+        fr, fr_test = float(fit_res.info["fooling_ratio"]), float(test_res.info["fooling_ratio"])
+        save_perturbation(out / "uap.npy", v, {
+            "method": args.method, "norm": args.norm, "xi": norm if args.xi is None else args.xi,
+            "fooling_ratio": fr, "n_images": len(x_fit), "heldout_fooling_ratio": fr_test,
+            "heldout_images": len(x_test),
+            "heldout_accuracy": float(np.mean(test_res.info["pred_adv"] == y_test.numpy())),
+            "model_hash": side["weights_sha256"], "seed": args.seed})
+        print(f"{args.method} ({args.norm}, ||v|| = {norm:.4f}): fooling ratio {100 * fr:.1f}% on the {len(x_fit)} "
+              f"training images it was fitted on, {100 * fr_test:.1f}% on {len(x_test)} held-out test images "
               f"-> {out / 'uap.npy'}")
     else:
         from ..attacks.pgd import PGD
 
         held = render_views(cls, args.views, args.seed * 2 + 2)
         y = torch.full((len(held),), cls, dtype=torch.long)
-        r = PGD(model, eps=args.eps, alpha=args.alpha, steps=args.steps)(held.x, y, seed=args.seed)
+        r = PGD(model, eps=args.eps, alpha=args.alpha, steps=args.steps, loss=args.loss,
+                restarts=args.restarts)(held.x, y, seed=args.seed)
         import io
 
         buf = io.BytesIO()
@@ -115,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / "pgd.npz", buf.getvalue())
         rate = float(np.mean(r.info["success"]))
         atomic_write_json(out / "pgd.json", {"eps": args.eps, "steps": args.steps, "alpha": args.alpha,
+                                             "loss": args.loss, "restarts": args.restarts,
                                              "success_rate": rate, "model_sha256": side["weights_sha256"]})
         print(f"pgd eps={args.eps:.4f}: {100 * rate:.1f}% of {len(y)} views misclassified -> {out / 'pgd.npz'}")
     return 0

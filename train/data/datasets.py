@@ -90,8 +90,10 @@ def render_split(
     if workers > 1:
         import cv2
 
-        # one OpenCV thread per worker: the pool already uses every core
-        with mp.get_context("fork").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        # spawn, not fork: forking a process whose threads (torch, OpenMP, tqdm) hold locks can deadlock
+        # the children -- seen when a split is rendered after a model was trained in the same process.
+        # One OpenCV thread per worker: the pool already uses every core.
+        with mp.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             it = pool.imap(_render_one, jobs, chunksize=64)
             out = list(tqdm(it, total=len(jobs), desc=desc, disable=not progress))
     else:

@@ -339,7 +339,8 @@ def _pixel_attack(model: nn.Module, a: dict[str, Any]):
     kind = a["kind"]
     if kind == "pgd":
         return PGD(model, eps=float(a.get("eps", 8 / 255)), alpha=float(a.get("alpha", 0.01)),
-                   steps=int(a.get("steps", 10)), norm=a.get("norm", "linf"))
+                   steps=int(a.get("steps", 10)), norm=a.get("norm", "linf"), loss=a.get("loss", "ce"),
+                   restarts=int(a.get("restarts", 1)))
     if kind == "fgsm":
         return FGSM(model, eps=float(a.get("eps", 8 / 255)), norm=a.get("norm", "linf"))
     if kind == "deepfool":
@@ -364,7 +365,8 @@ def budget_of(a: dict[str, Any]) -> str:
         return f"{a.get('norm', 'linf')} xi={a.get('xi', 'default')}"
     eps = float(a.get("eps", 8 / 255))
     return f"{a.get('norm', 'linf')} eps={eps:.4f} (= {eps * 255:.1f}/255)" + (
-        f", {a.get('steps', 10)} steps of {a.get('alpha', 0.01)}" if kind == "pgd" else "")
+        f", {a.get('steps', 10)} steps of {a.get('alpha', 0.01)}, {a.get('loss', 'ce')} loss"
+        + (f", {a['restarts']} restarts" if a.get("restarts", 1) > 1 else "") if kind == "pgd" else "")
 
 
 def _fmt(v: Any) -> str:
@@ -451,7 +453,9 @@ def plot(cfg: SweepConfig, results: dict[str, Any], out: Path) -> list[Path]:
         p = out / f"{a['name']}_per_target.png"
         _save_fig(fig, p)
         paths.append(p)
-    pgd = [a for a in cfg.attacks if a["kind"] == "pgd" and results["attacks"].get(a["name"])]
+    # the budget series: plain PGD on the held-out views (strength checks and test-split rows excluded)
+    pgd = [a for a in cfg.attacks if a["kind"] == "pgd" and results["attacks"].get(a["name"])
+           and a.get("images", "views") == "views" and a.get("loss", "ce") == "ce" and a.get("restarts", 1) == 1]
     if len(pgd) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label in cfg.models:
