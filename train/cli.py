@@ -24,10 +24,16 @@ COMMANDS = {
     "export": ("train.commands.export_cmd", "export a checkpoint to an ONNX deployment bundle", "signguard[train]"),
     "render": ("train.commands.render_cmd", "render synthetic signs: contact sheet or drive-by video",
                "signguard"),
+    "engine": ("edge.engine_cli", "build or reuse the TensorRT engine of a bundle (on the device)",
+               "signguard[edge,jetson]"),
     "run": ("edge.cli", "run the camera/video loop on a bundle (torch-free)", "signguard[edge]"),
     "attack": ("train.commands.attack_cmd", "make one attack artifact: RP2 sticker, UAP or PGD examples",
                "signguard[train]"),
     "eval": ("train.commands.eval_cmd", "robustness sweep: models x attacks -> tables and plots", "signguard[train]"),
+    "verify": ("train.commands.verify_cmd", "check every precision of a bundle: accuracy and attack success",
+               "signguard[train]"),
+    "bench": ("train.commands.bench_cmd", "benchmark a bundle: size, accuracy, attack success, latency per format",
+              "signguard[train]"),
     "demo": ("train.demo", "end-to-end demo on the embedded synthetic signs", "signguard[train,edge]"),
 }
 

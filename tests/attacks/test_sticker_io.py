@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from edge.errors import SignguardError
-from train.attacks.sticker_io import PREVIEW_CELL_INCHES, preview_grid, save_sticker
+from train.attacks.sticker_io import PREVIEW_CELL_INCHES, load_sticker, preview_grid, save_sticker
 
 S = 16
 META = {"attack": "rp2", "target": "speedLimit45", "seed": 3}
@@ -158,3 +158,18 @@ def test_preview_grid_bad_inputs_name_the_argument(tmp_path: Path, change: dict,
     with pytest.raises(SignguardError, match=rf"\b{name}\b"):
         preview_grid(tmp_path / "grid.png", **args)
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_load_sticker_reads_back_the_printed_pixels_and_checks_the_hash(tmp_path):
+    rgb, mask = sticker()
+    save_sticker(tmp_path, rgb, mask, 750.0, 150, META)
+    got, region, meta = load_sticker(tmp_path)
+    assert np.array_equal(region, mask) and meta["meta"] == META
+    # inside the mask: the 8-bit colours that were printed (rgb is (S, S, 3), got is (3, S, S))
+    assert np.array_equal(np.round(got.transpose(1, 2, 0)[mask] * 255), np.round(rgb[mask] * 255))
+    png = tmp_path / "sticker.png"
+    png.write_bytes(png.read_bytes()[:-8] + b"tampered")
+    with pytest.raises(SignguardError, match="sticker.png"):
+        load_sticker(tmp_path)
+    with pytest.raises(SignguardError, match="sticker.json"):
+        load_sticker(tmp_path / "nowhere")

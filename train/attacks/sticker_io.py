@@ -188,3 +188,32 @@ def preview_grid(path: PathLike, images: np.ndarray, titles: List[str], ncols: i
     fig.savefig(buf, format="png", dpi=int(dpi))
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def load_sticker(sticker_dir: PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read a sticker written by :func:`save_sticker` back at template resolution, after checking hashes.
+
+    Returns ``(rgb (3, S, S) in [0, 1], region (S, S) bool, sticker.json)``.  Why from the PNG and not a
+    saved array: the PNG is what gets printed, so re-rendering it is what a verification should test.
+    """
+    import cv2
+
+    d = Path(sticker_dir)
+    meta_path = d / "sticker.json"
+    if not meta_path.is_file():
+        raise SignguardError(f"{meta_path}: no sticker.json (expected a folder written by `signguard attack rp2`)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        digest, size = meta["sha256"]["sticker.png"], int(meta["template_pixels"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise SignguardError(f"{meta_path}: not a sticker sidecar ({e})") from None
+    data = (d / "sticker.png").read_bytes() if (d / "sticker.png").is_file() else b""
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise SignguardError(f"{d / 'sticker.png'}: missing or SHA-256 mismatch with sticker.json")
+    rgba = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # back to template pixels: sample each template pixel's centre in the print raster
+    pixels = rgba.shape[0]
+    src = np.minimum(((np.arange(size) + 0.5) * pixels / size).astype(np.int64), pixels - 1)
+    small = rgba[np.ix_(src, src)]
+    rgb = small[..., 2::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
+    return rgb, small[..., 3] > 127, meta

@@ -1,0 +1,82 @@
+"""signguard verify / bench: every precision of a real bundle is scored; a broken INT8 calibration fails verify."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from calib.dataset import save_calibration_set
+from edge.preprocess import PreprocessConfig
+from export.bundle import export_bundle
+from train.checkpoint import load_checkpoint
+from train.cli import main
+from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
+from train.data.datasets import load_data
+from train.eval.artifact import Margins, pgd_transfer, verify_bundle
+from train.eval.bench import bench_bundle
+from train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A LISA-CNN-tiny trained briefly on a small rendered split (real renderer, real trainer)."""
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("run")
+    r = Recipe(name="tiny", data=DataConfig(train_per_class=30, test_per_class=12), model=ModelConfig("lisa_cnn_tiny"),
+               optim=OptimConfig(epochs=4, batch_size=32, lr=3e-3))
+    train(r, run, progress=False)
+    model, meta = load_checkpoint(run)
+    data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]), progress=False)
+    return run, model, meta, data
+
+
+def _bundle(tmp_path, trained, calib_x, name):
+    run, model, meta, data = trained
+    return export_bundle(model, tmp_path / name, meta["classes"], PreprocessConfig(**meta["preprocess"]),
+                         data.test.x[:64], source={"checkpoint": str(run / "model.json")},
+                         precisions=["fp16", "int8"], calib_x=calib_x)
+
+
+def test_verify_passes_a_calibrated_int8_and_fails_one_calibrated_on_blank_images(tmp_path, trained):
+    _, model, _, data = trained
+    x, y = data.test.x, data.test.y
+    attacks = [pgd_transfer(model, x[:64], y[:64])]
+    good = verify_bundle(_bundle(tmp_path, trained, data.train.x, "good"), model, x, y, attacks)
+    rows = {(r["backend"], r["precision"]): r for r in good.rows}
+    assert set(rows) == {("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
+                         ("onnxruntime", "int8")}
+    assert rows["onnxruntime", "fp32"]["accuracy"] == rows["pytorch", "fp32"]["accuracy"] > 0.5
+    assert good.passed, good.failures
+    blank = np.zeros((8, 3, 32, 32), np.float32)
+    bad = verify_bundle(_bundle(tmp_path, trained, blank, "bad"), model, x, y, attacks)
+    assert not bad.passed
+    assert any(f.startswith("int8: clean accuracy") for f in bad.failures)
+    assert not any(f.startswith("fp16") for f in bad.failures)  # only the broken precision is blamed
+    # the same verdict with looser margins passes: the margins are what decide
+    assert verify_bundle(tmp_path / "bad", model, x, y, attacks, Margins(100.0, 100.0)).passed
+
+
+def test_verify_cli_exit_code_and_report(tmp_path, trained, capsys):
+    run = trained[0]
+    save_calibration_set(tmp_path / "blank.npz", np.zeros((8, 3, 32, 32), np.float32))
+    b = tmp_path / "b"
+    assert main(["export", "--checkpoint", str(run), "--out", str(b), "--precision", "int8",
+                 "--calib", str(tmp_path / "blank.npz"), "--quiet"]) == 0
+    assert main(["verify", "--bundle", str(b), "--attack-n", "32", "--out", str(tmp_path / "rep")]) == 1
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert not rep["passed"] and rep["n_images"] == 216
+    assert "verdict: FAILED" in capsys.readouterr().out
+
+
+def test_bench_measures_every_precision(tmp_path, trained):
+    _, model, _, data = trained
+    b = _bundle(tmp_path, trained, data.train.x, "bench")
+    res = bench_bundle(b, model, data.test.x, data.test.y, None, None, batch=8, repeats=3, progress=False)
+    assert [(r["backend"], r["precision"]) for r in res["rows"]] == [
+        ("eager", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8")]
+    for r in res["rows"]:
+        assert r["status"] == "ok" and 0 < r["batch1"]["p50_ms"] <= r["batch1"]["p99_ms"]
+        assert r["batch8"]["throughput"] > 0
+    sizes = {r["precision"]: r["size_mb"] for r in res["rows"] if r["format"] == "onnx"}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]  # weights at 1, 2 and 4 bytes

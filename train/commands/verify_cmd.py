@@ -1,0 +1,78 @@
+"""``signguard verify --bundle B``: accuracy and transferred-attack success for every precision of a bundle.
+
+Exit code 1 when a precision loses more than ``--max-acc-drop`` points of
+clean accuracy or gains more than ``--max-asr-rise`` points of attack
+success against the bundle's FP32 graph.  ``--engine E`` (on the device)
+also runs a TensorRT engine on the bundle's ``verify.npz`` inputs and
+compares with the onnxruntime outputs saved at export time.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", required=True, help="bundle folder written by `signguard export`")
+    p.add_argument("--checkpoint", help="the trained model (default: the bundle manifest's source.checkpoint)")
+    p.add_argument("--n", type=int, default=1000, help="held-out test images for clean accuracy")
+    p.add_argument("--attack-n", type=int, default=500, help="of those, images attacked with PGD")
+    p.add_argument("--eps", type=float, default=8 / 255, help="PGD L-inf budget (0 disables PGD)")
+    p.add_argument("--sticker", action="append", default=[], help="RP2 sticker folder (repeatable)")
+    p.add_argument("--uap", help="universal perturbation .npy (signguard attack uap)")
+    p.add_argument("--max-acc-drop", type=float, default=1.0, help="points of accuracy a precision may lose")
+    p.add_argument("--max-asr-rise", type=float, default=2.0, help="points of attack success a precision may gain")
+    p.add_argument("--engine", help="TensorRT engine to check against verify.npz (needs tensorrt + pycuda)")
+    p.add_argument("--engine-precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--engine-tol", type=float, default=0.05, help="max |output diff| vs onnxruntime")
+    p.add_argument("--out", help="write the report as JSON (and .md beside it)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from edge.errors import SignguardError
+    from edge.fileio import atomic_write_json, atomic_write_text
+    from edge.manifest import read_manifest
+
+    bundle = Path(args.bundle)
+    if args.engine:
+        from edge.engine_check import check_engine
+
+        res = check_engine(bundle, args.engine, args.engine_precision, args.engine_tol)
+        print(f"engine {args.engine}: {json.dumps(res)}")
+        return 0
+
+    import numpy as np
+
+    from edge.preprocess import PreprocessConfig
+
+    from ..checkpoint import load_checkpoint
+    from ..config import DataConfig
+    from ..data.datasets import load_data
+    from ..eval.artifact import Margins, pgd_transfer, sticker_transfer, to_markdown, uap_transfer, verify_bundle
+
+    manifest = read_manifest(bundle)
+    ckpt = args.checkpoint or manifest.get("source", {}).get("checkpoint")
+    if not ckpt:
+        raise SignguardError(f"{bundle}/manifest.json: no source.checkpoint; pass --checkpoint")
+    model, meta = load_checkpoint(ckpt)
+    data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
+    idx = np.random.default_rng(args.seed).permutation(len(data.test))[: args.n]
+    x, y = data.test.x[idx], data.test.y[idx]
+    attacks = []
+    if args.eps > 0:
+        attacks.append(pgd_transfer(model, x[: args.attack_n], y[: args.attack_n], eps=args.eps, seed=args.seed))
+    attacks += [sticker_transfer(s) for s in args.sticker]
+    if args.uap:
+        attacks.append(uap_transfer(args.uap, x))
+    report = verify_bundle(bundle, model, x, y, attacks, Margins(args.max_acc_drop, args.max_asr_rise))
+    md = to_markdown(report)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        atomic_write_json(out.with_suffix(".json"), report.to_dict())
+        atomic_write_text(out.with_suffix(".md"), md)
+    return 0 if report.passed else 1

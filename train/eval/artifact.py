@@ -1,0 +1,160 @@
+"""Verify a deployed artifact: does each precision of a bundle keep the FP32 model's accuracy *and* robustness?
+
+Why robustness too: quantisation moves decision boundaries, and a sticker
+that the FP32 model resists can fool its INT8 copy even when clean accuracy
+is unchanged.  Attacks are crafted once on the PyTorch model (white-box
+there) and *transferred* to every artifact -- the deployment threat: the
+attacker has the trained weights, the device runs the converted graph.  The
+verdict compares each precision with the bundle's FP32 graph, with margins
+in percentage points (defaults: 1 pt accuracy, 2 pt attack success).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge.bundle import load_bundle
+from edge.errors import SignguardError
+from edge.manifest import read_manifest
+
+
+@dataclass
+class TransferAttack:
+    """Adversarial inputs crafted on the PyTorch model; scored on each artifact.
+
+    ``kind``: ``untargeted`` (success = prediction != ``labels``), ``targeted`` (success = prediction ==
+    ``labels``, the targets) or ``fooling`` (success = prediction differs from the artifact's own
+    prediction on ``clean``; the UAP fooling ratio).
+    """
+
+    name: str
+    x_adv: np.ndarray
+    labels: np.ndarray
+    kind: str = "untargeted"
+    clean: np.ndarray | None = None
+    budget: str = ""
+
+    def rate(self, predict) -> float:
+        pred = predict(self.x_adv)
+        if self.kind == "targeted":
+            return float(np.mean(pred == self.labels))
+        if self.kind == "fooling":
+            return float(np.mean(pred != predict(self.clean)))
+        return float(np.mean(pred != self.labels))
+
+
+@dataclass(frozen=True)
+class Margins:
+    max_acc_drop: float = 1.0  # points of clean accuracy a precision may lose vs FP32
+    max_asr_rise: float = 2.0  # points of attack success a precision may gain vs FP32
+
+
+@dataclass
+class VerifyReport:
+    rows: list[dict[str, Any]]
+    failures: list[str] = field(default_factory=list)
+    n_images: int = 0
+    attacks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failures": self.failures, "n_images": self.n_images,
+                "attacks": self.attacks, "rows": self.rows}
+
+
+def pgd_transfer(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float = 8 / 255, alpha: float = 0.01,
+                 steps: int = 10, seed: int = 0) -> TransferAttack:
+    from ..attacks.pgd import PGD
+
+    res = PGD(model, eps=eps, alpha=alpha, steps=steps)(torch.from_numpy(x), torch.from_numpy(y).long(), seed=seed)
+    return TransferAttack(f"pgd_{eps * 255:.0f}", res.x_adv.numpy(), y, "untargeted",
+                          budget=f"L-inf eps {eps * 255:.1f}/255, {steps} steps of {alpha:g}")
+
+
+def sticker_transfer(sticker_dir: str | Path, n_views: int = 40, seed: int = 1_000) -> TransferAttack:
+    """An RP2 sticker (``signguard attack rp2`` output) on ``n_views`` fresh poses of its sign."""
+    from ..attacks.sticker_io import load_sticker
+    from ..attacks.views import render_views, render_with_sticker
+    from ..data.classes import LISA_INDEX
+
+    rgb, region, meta = load_sticker(sticker_dir)
+    sign, target = meta["meta"].get("sign", "stop"), meta["meta"]["target"]
+    views = render_views(LISA_INDEX[sign], n_views, seed)
+    x = np.asarray(render_with_sticker(views, rgb, region), dtype=np.float32)
+    return TransferAttack(f"rp2_{sign}_to_{target}", x, np.full(len(x), LISA_INDEX[target]), "targeted",
+                          budget=f"sticker {Path(sticker_dir).name}, {n_views} held-out poses")
+
+
+def uap_transfer(path: str | Path, x: np.ndarray) -> TransferAttack:
+    from ..attacks.uap import load_perturbation
+
+    v, meta = load_perturbation(path)
+    return TransferAttack(f"uap_{Path(path).stem}", np.clip(x + v[None], 0, 1).astype(np.float32),
+                          np.zeros(len(x), np.int64), "fooling", clean=x,
+                          budget=f"{meta.get('norm', '?')} xi {meta.get('xi', '?')}")
+
+
+def _precisions(bundle_dir: Path) -> list[str]:
+    m = read_manifest(bundle_dir)
+    whole = [e for e in m["models"] if e["format"] == "onnx" and e["part"] in ("model", "classifier")]
+    return list(dict.fromkeys(e["precision"] for e in whole))
+
+
+def verify_bundle(bundle_dir: str | Path, model: nn.Module, x: np.ndarray, y: np.ndarray,
+                  attacks: Sequence[TransferAttack], margins: Margins = Margins()) -> VerifyReport:
+    """Clean accuracy and transferred-attack success of PyTorch and of every ONNX precision in the bundle."""
+    from ..attacks.base import batched_predict
+
+    bundle_dir = Path(bundle_dir)
+    precisions = _precisions(bundle_dir)
+    if "fp32" not in precisions:
+        raise SignguardError(f"{bundle_dir}: verify compares against the FP32 graph, and the bundle has none")
+    model.eval()
+    runners: list[tuple[str, str, Any]] = [
+        ("pytorch", "fp32", lambda a: batched_predict(model, torch.from_numpy(a)).numpy())]
+    for prec in precisions:
+        b = load_bundle(bundle_dir, precision=prec)
+        runners.append(("onnxruntime", prec, lambda a, b=b: b.classify(a).argmax(1)))
+    rows = []
+    for backend, prec, run in runners:
+        row = {"backend": backend, "precision": prec, "accuracy": float(np.mean(np.asarray(run(x)) == y))}
+        row.update({a.name: a.rate(lambda z, run=run: np.asarray(run(z))) for a in attacks})
+        rows.append(row)
+    ref = next(r for r in rows if r["backend"] == "onnxruntime" and r["precision"] == "fp32")
+    failures = []
+    for r in rows:
+        if r["backend"] != "onnxruntime" or r["precision"] == "fp32":
+            continue
+        drop = 100 * (ref["accuracy"] - r["accuracy"])
+        if drop > margins.max_acc_drop:
+            failures.append(f"{r['precision']}: clean accuracy {100 * r['accuracy']:.2f}% is {drop:.2f} pt below "
+                            f"FP32 ({100 * ref['accuracy']:.2f}%; margin {margins.max_acc_drop:g} pt)")
+        for a in attacks:
+            rise = 100 * (r[a.name] - ref[a.name])
+            if rise > margins.max_asr_rise:
+                failures.append(f"{r['precision']}: {a.name} success {100 * r[a.name]:.1f}% is {rise:.1f} pt above "
+                                f"FP32 ({100 * ref[a.name]:.1f}%; margin {margins.max_asr_rise:g} pt)")
+    return VerifyReport(rows, failures, int(len(x)), {a.name: a.budget for a in attacks})
+
+
+def to_markdown(report: VerifyReport) -> str:
+    names = list(report.attacks)
+    lines = ["| backend | precision | clean acc | " + " | ".join(f"{n} success" for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
+    for r in report.rows:
+        cells = [f"{100 * r[n]:.1f}%" for n in names]
+        lines.append(f"| {r['backend']} | {r['precision']} | {100 * r['accuracy']:.2f}% | " + " | ".join(cells) + " |")
+    notes = [f"- {n}: {b}" for n, b in report.attacks.items()]
+    verdict = "PASSED" if report.passed else "FAILED:\n" + "\n".join(f"- {f}" for f in report.failures)
+    return (f"Clean accuracy on {report.n_images} held-out images; attacks crafted on the PyTorch model "
+            "(white-box) and transferred to each artifact.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes)
+            + f"\n\nverdict: {verdict}\n")

@@ -1,0 +1,128 @@
+"""Benchmark a bundle, Ultralytics-style: one row per format x precision x backend.
+
+Each row: status, file size, clean accuracy, success of a PGD attack crafted
+on the PyTorch model and transferred, and latency (p50/p99 ms per image) at
+batch 1 and at a larger batch, with throughput.  Latencies are medians of
+repeated timed runs after warm-up; nothing here asserts a speed (machines
+are shared and noisy) -- the table is the measurement, with the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge.bundle import load_bundle
+from edge.manifest import read_manifest
+
+
+def machine_info() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": ort.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def time_fn(fn: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int, warmup: int = 3) -> np.ndarray:
+    """Wall-clock seconds of ``repeats`` calls of ``fn(x)`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn(x)
+    out = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def _latency(fn, x: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
+    xb = np.ascontiguousarray(np.resize(x, (batch,) + x.shape[1:]), dtype=np.float32)
+    t = time_fn(fn, xb, repeats)
+    per_img = t / batch * 1e3
+    return {"p50_ms": float(np.median(per_img)), "p99_ms": float(np.percentile(per_img, 99)),
+            "throughput": float(batch / np.median(t))}
+
+
+def bench_bundle(bundle_dir: str | Path, model: nn.Module | None, x: np.ndarray, y: np.ndarray,
+                 x_adv: np.ndarray | None, y_adv: np.ndarray | None, batch: int = 32, repeats: int = 50,
+                 progress: bool = True) -> dict[str, Any]:
+    """Measure every runnable row; rows that cannot run here (TensorRT off-device) say why in ``status``."""
+    from tqdm import tqdm
+
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    runners: list[tuple[str, str, str, float, Any]] = []
+    if model is not None:
+        model.eval()
+
+        def torch_fn(a: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(a)).numpy()
+
+        runners.append(("pytorch", "fp32", "eager", 0.0, torch_fn))
+    for e in manifest["models"]:
+        if e["part"] not in ("model", "classifier"):
+            continue
+        size = (bundle_dir / e["file"]).stat().st_size / 1e6
+        if e["format"] == "onnx":
+            b = load_bundle(bundle_dir, precision=e["precision"])
+            runners.append(("onnx", e["precision"], "onnxruntime-cpu", size, b.classify))
+        else:
+            try:
+                b = load_bundle(bundle_dir, precision=e["precision"], backend="tensorrt")
+                runners.append(("engine", e["precision"], "tensorrt", size, b.classify))
+            except Exception as err:  # no TensorRT here: the row stays, with the reason
+                runners.append(("engine", e["precision"], "tensorrt", size, f"skipped: {err}"))
+    rows = []
+    for fmt, prec, backend, size, fn in tqdm(runners, desc="bench", disable=not progress):
+        row: dict[str, Any] = {"format": fmt, "precision": prec, "backend": backend, "size_mb": round(size, 3)}
+        if isinstance(fn, str):
+            rows.append({**row, "status": fn})
+            continue
+        row["status"] = "ok"
+        row["accuracy"] = float(np.mean(fn(x).argmax(1) == y))
+        if x_adv is not None:
+            row["attack_success"] = float(np.mean(fn(x_adv).argmax(1) != y_adv))
+        row["batch1"] = _latency(fn, x, 1, repeats)
+        row[f"batch{batch}"] = _latency(fn, x, batch, max(5, repeats // 5))
+        rows.append(row)
+    return {"bundle": str(bundle_dir), "batch": batch, "repeats": repeats, "n_images": int(len(x)),
+            "machine": machine_info(), "rows": rows}
+
+
+def to_markdown(res: dict[str, Any], attack: str = "") -> str:
+    b = res["batch"]
+    lines = [f"| format | precision | backend | status | size (MB) | clean acc | {attack or 'attack'} success | "
+             f"p50 ms/img (b1) | p99 ms/img (b1) | p50 ms/img (b{b}) | p99 ms/img (b{b}) | img/s (b{b}) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['format']} | {r['precision']} | {r['backend']} | {r['status']} | {r['size_mb']:.3f} |"
+                         + " - |" * 7)
+            continue
+        b1, bb = r["batch1"], r[f"batch{b}"]
+        asr = f"{100 * r['attack_success']:.1f}%" if "attack_success" in r else "-"
+        size = f"{r['size_mb']:.3f}" if r["size_mb"] else "-"
+        lines.append(f"| {r['format']} | {r['precision']} | {r['backend']} | ok | {size} | "
+                     f"{100 * r['accuracy']:.2f}% | {asr} | {b1['p50_ms']:.3f} | {b1['p99_ms']:.3f} | "
+                     f"{bb['p50_ms']:.4f} | {bb['p99_ms']:.4f} | {bb['throughput']:.0f} |")
+    m = res["machine"]
+    return (f"Bundle `{res['bundle']}` on {m['cpu']} ({m['cores']} cores, {m['platform']}); onnxruntime "
+            f"{m['onnxruntime']}, torch {m['torch']}.  {res['n_images']} held-out images; latency = median and "
+            f"99th percentile over {res['repeats']} timed runs at batch 1 (and {max(5, res['repeats'] // 5)} at "
+            f"batch {b}) after warm-up.\n\n" + "\n".join(lines) + "\n")
