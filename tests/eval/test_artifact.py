@@ -62,7 +62,9 @@ def test_verify_cli_exit_code_and_report(tmp_path, trained, capsys):
     save_calibration_set(tmp_path / "blank.npz", np.zeros((8, 3, 32, 32), np.float32))
     b = tmp_path / "b"
     assert main(["export", "--checkpoint", str(run), "--out", str(b), "--precision", "int8",
-                 "--calib", str(tmp_path / "blank.npz"), "--quiet"]) == 0
+                 "--calib", str(tmp_path / "blank.npz"), "--sensitivity", "60", "--quiet"]) == 0
+    table = (b / "sensitivity.md").read_text()
+    assert [ln.split("`")[1] for ln in table.splitlines() if ln.startswith("| `")] and table.count("| `") == 4
     assert main(["verify", "--bundle", str(b), "--attack-n", "32", "--out", str(tmp_path / "rep")]) == 1
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert not rep["passed"] and rep["n_images"] == 216

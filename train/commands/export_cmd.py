@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-n", type=int, default=512, help="calibration images (fewer than 512 warns)")
     p.add_argument("--calib-method", default="entropy", choices=["entropy", "percentile", "minmax"])
     p.add_argument("--exclude-node", action="append", default=[], help="ONNX node name kept in FP32 (repeatable)")
+    p.add_argument("--sensitivity", type=int, default=0, metavar="N",
+                   help="also write sensitivity.md: INT8 accuracy on N test images with each layer alone kept FP32")
     p.add_argument("--parity-samples", type=int, default=256, help="held-out images for the ONNX parity check")
     p.add_argument("--quiet", action="store_true")
 
@@ -72,6 +74,14 @@ def run(args: argparse.Namespace) -> int:
                   precisions=args.precision, calib_x=calib_x, calib_method=args.calib_method,
                   exclude_nodes=args.exclude_node)
     m = json.loads((out / "manifest.json").read_text())
+    if args.sensitivity and calib_x is not None:
+        from calib.sensitivity import sensitivity, sensitivity_markdown
+        from edge.fileio import atomic_write_text
+
+        rows = sensitivity(out / "model.onnx", calib_x, data.test.x[: args.sensitivity],
+                           data.test.y[: args.sensitivity], method=args.calib_method)
+        atomic_write_text(out / "sensitivity.md", sensitivity_markdown(rows))
+        print(sensitivity_markdown(rows))
     print(f"bundle: {out}")
     for e in m["models"]:
         par = e["parity"]

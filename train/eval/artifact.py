@@ -98,9 +98,11 @@ def uap_transfer(path: str | Path, x: np.ndarray) -> TransferAttack:
     from ..attacks.uap import load_perturbation
 
     v, meta = load_perturbation(path)
-    return TransferAttack(f"uap_{Path(path).stem}", np.clip(x + v[None], 0, 1).astype(np.float32),
-                          np.zeros(len(x), np.int64), "fooling", clean=x,
-                          budget=f"{meta.get('norm', '?')} xi {meta.get('xi', '?')}")
+    return TransferAttack("uap", np.clip(x + v[None], 0, 1).astype(np.float32), np.zeros(len(x), np.int64),
+                          "fooling", clean=x,
+                          budget=f"{meta.get('method', 'uap')} {meta.get('norm', '?')} xi {meta.get('xi', '?')}, "
+                                 f"made on the model with weights {str(meta.get('model_hash', '?'))[:12]}, "
+                                 "scored as fooling ratio")
 
 
 def _precisions(bundle_dir: Path) -> list[str]:
