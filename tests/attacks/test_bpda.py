@@ -7,18 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import SignguardError
+from tests.colour_data import colour_data
 from train.attacks.bpda import BPDA, jpeg, median, quantize, with_preprocessing
 from train.attacks.pgd import PGD
 from train.eval.metrics import accuracy
-
-
-def _colour_data(n, seed):
-    """Three classes = a +0.08 lift of one colour channel over uniform noise: survives 5-bit quantisation."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = 0.25 + 0.5 * torch.rand(n, 3, 32, 32, generator=g)
-    x[torch.arange(n), y] += 0.08
-    return x, y
 
 
 class _Plain(nn.Module):
@@ -36,9 +28,9 @@ class _Plain(nn.Module):
 def defended(fit_tiny):
     """A tiny CNN trained on quantised inputs, i.e. the defended pipeline model(quantize(x))."""
     g = quantize(5)
-    x, y = _colour_data(300, seed=0)
+    x, y = colour_data(300, seed=0, lift=0.08)  # a lift of 0.08 survives 5-bit quantisation (steps of 1/31)
     model = fit_tiny(g(x), y, num_classes=3)
-    xt, yt = _colour_data(100, seed=1)
+    xt, yt = colour_data(100, seed=1, lift=0.08)
     return model, g, xt, yt
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import SignguardError
+from tests.colour_data import colour_data
 from train.attacks.base import adv_loss, margin_loss
 from train.attacks.deepfool import DeepFool
 from train.attacks.fgsm import FGSM
@@ -14,23 +15,10 @@ from train.attacks.pgd import PGD
 from train.eval.metrics import accuracy, rho_2
 
 
-def _colour_data(n, seed):
-    """Three classes = a +0.05 lift of one colour channel over uniform noise.
-
-    Learnable to 100% in seconds, yet the class signal (0.05 per pixel) is small
-    enough that an 8/255 L-inf perturbation can erase it: a model that PGD must break.
-    """
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = 0.25 + 0.5 * torch.rand(n, 3, 32, 32, generator=g)
-    x[torch.arange(n), y] += 0.05
-    return x, y
-
-
 @pytest.fixture(scope="module")
 def toy(fit_tiny):
-    model = fit_tiny(*_colour_data(300, seed=0), num_classes=3)
-    xt, yt = _colour_data(120, seed=1)
+    model = fit_tiny(*colour_data(300, seed=0), num_classes=3)
+    xt, yt = colour_data(120, seed=1)
     return model, xt, yt
 
 

@@ -26,6 +26,7 @@ from calib.quantize import quantize_int8
 from calib.sensitivity import sensitivity, sensitivity_markdown
 from edge.errors import SignguardError
 from export.onnx_export import torch_to_onnx
+from tests.colour_data import colour_data
 from train.models import create_model
 
 CONVS = ["/conv1/Conv", "/conv2/Conv", "/conv3/Conv"]
@@ -40,18 +41,9 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _colour_data(n, seed):
-    """Three classes = a +0.05 lift of one colour channel over uniform noise (as tests/attacks)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 3, (n,), generator=g)
-    x = 0.25 + 0.5 * torch.rand(n, 3, 32, 32, generator=g)
-    x[torch.arange(n), y] += 0.05
-    return x, y
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    x, y = _colour_data(300, seed=0)
+    x, y = colour_data(300, seed=0)
     torch.manual_seed(0)
     model = create_model("lisa_cnn_tiny", num_classes=3)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -62,9 +54,9 @@ def setup(tmp_path_factory):
             opt.step()
     out = tmp_path_factory.mktemp("calib")
     fp32 = torch_to_onnx(model.eval(), out / "model.onnx")
-    xc, yc = _colour_data(600, seed=2)
+    xc, yc = colour_data(600, seed=2)
     calib = from_arrays(xc.numpy(), yc.numpy(), n=512, seed=0)
-    xe, ye = _colour_data(300, seed=1)
+    xe, ye = colour_data(300, seed=1)
     return {"dir": out, "fp32": fp32, "calib": calib.x, "xe": xe.numpy(), "ye": ye.numpy()}
 
 

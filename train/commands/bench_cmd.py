@@ -19,28 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from edge.errors import SignguardError
     from edge.fileio import atomic_write_json, atomic_write_text
-    from edge.manifest import read_manifest
-    from edge.preprocess import PreprocessConfig
 
-    from ..checkpoint import load_checkpoint
-    from ..config import DataConfig
-    from ..data.datasets import load_data
-    from ..eval.artifact import pgd_transfer
+    from ..eval.artifact import heldout_for_bundle, pgd_transfer
     from ..eval.bench import bench_bundle, to_markdown
 
     bundle = Path(args.bundle)
-    manifest = read_manifest(bundle)
-    ckpt = args.checkpoint or manifest.get("source", {}).get("checkpoint")
-    if not ckpt:
-        raise SignguardError(f"{bundle}/manifest.json: no source.checkpoint; pass --checkpoint")
-    model, meta = load_checkpoint(ckpt)
-    data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
-    idx = np.random.default_rng(args.seed).permutation(len(data.test))[: args.n]
-    x, y = data.test.x[idx], data.test.y[idx]
+    model, x, y = heldout_for_bundle(bundle, args.checkpoint, args.n, args.seed)
     adv = pgd_transfer(model, x[: args.attack_n], y[: args.attack_n], eps=args.eps) if args.eps > 0 else None
     res = bench_bundle(bundle, model, x, y, None if adv is None else adv.x_adv, None if adv is None else adv.labels,
                        batch=args.batch, repeats=args.repeats)

@@ -33,9 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from edge.errors import SignguardError
     from edge.fileio import atomic_write_json, atomic_write_text
-    from edge.manifest import read_manifest
 
     bundle = Path(args.bundle)
     if args.engine:
@@ -45,23 +43,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"engine {args.engine}: {json.dumps(res)}")
         return 0
 
-    import numpy as np
+    from ..eval.artifact import (
+        Margins,
+        heldout_for_bundle,
+        pgd_transfer,
+        sticker_transfer,
+        to_markdown,
+        uap_transfer,
+        verify_bundle,
+    )
 
-    from edge.preprocess import PreprocessConfig
-
-    from ..checkpoint import load_checkpoint
-    from ..config import DataConfig
-    from ..data.datasets import load_data
-    from ..eval.artifact import Margins, pgd_transfer, sticker_transfer, to_markdown, uap_transfer, verify_bundle
-
-    manifest = read_manifest(bundle)
-    ckpt = args.checkpoint or manifest.get("source", {}).get("checkpoint")
-    if not ckpt:
-        raise SignguardError(f"{bundle}/manifest.json: no source.checkpoint; pass --checkpoint")
-    model, meta = load_checkpoint(ckpt)
-    data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
-    idx = np.random.default_rng(args.seed).permutation(len(data.test))[: args.n]
-    x, y = data.test.x[idx], data.test.y[idx]
+    model, x, y = heldout_for_bundle(bundle, args.checkpoint, args.n, args.seed)
     attacks = []
     if args.eps > 0:
         attacks.append(pgd_transfer(model, x[: args.attack_n], y[: args.attack_n], eps=args.eps, seed=args.seed))

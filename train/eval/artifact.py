@@ -71,6 +71,25 @@ class VerifyReport:
                 "attacks": self.attacks, "rows": self.rows}
 
 
+def heldout_for_bundle(bundle_dir: str | Path, checkpoint: str | Path | None, n: int,
+                       seed: int = 0) -> tuple[nn.Module, np.ndarray, np.ndarray]:
+    """The bundle's PyTorch model (``checkpoint`` or the manifest's ``source.checkpoint``) and ``n`` held-out
+    test images of its recipe, drawn with ``seed``: what ``verify`` and ``bench`` score every artifact on."""
+    from edge.preprocess import PreprocessConfig
+
+    from ..checkpoint import load_checkpoint
+    from ..config import DataConfig
+    from ..data.datasets import load_data
+
+    ckpt = checkpoint or read_manifest(bundle_dir).get("source", {}).get("checkpoint")
+    if not ckpt:
+        raise SignguardError(f"{Path(bundle_dir) / 'manifest.json'}: no source.checkpoint; pass --checkpoint")
+    model, meta = load_checkpoint(ckpt)
+    data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
+    idx = np.random.default_rng(seed).permutation(len(data.test))[:n]
+    return model, data.test.x[idx], data.test.y[idx]
+
+
 def pgd_transfer(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float = 8 / 255, alpha: float = 0.01,
                  steps: int = 10, seed: int = 0) -> TransferAttack:
     from ..attacks.pgd import PGD
