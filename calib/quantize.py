@@ -262,7 +262,7 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, 
         check = check_qdq(qdq)
         atomic_write_bytes(out_path, qdq.read_bytes())
     report = {
-        "fp32_model": str(fp32_onnx), "int8_model": str(out_path), "method": method,
+        "fp32_model": Path(fp32_onnx).name, "int8_model": out_path.name, "method": method,
         "percentile": float(percentile) if method == "percentile" else None, "n_calibration": int(len(x)),
         "qdq_nodes": sum(1 for n in qmodel.graph.node if n.op_type in QDQ_OPS), "excluded_nodes": excluded,
         "opset": new_opset, "check": check,

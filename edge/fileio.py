@@ -16,6 +16,11 @@ from typing import Any, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+# mkstemp creates 0600 files; a bundle copied to a device is read by other users (a camera service),
+# so written files get the usual 0666 & ~umask like open() would give them.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
@@ -23,6 +28,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
