@@ -38,6 +38,7 @@ from .qdq import MAX_OPSET, QDQ_OPS, check_qdq, load_model, opset_of
 log = logging.getLogger(__name__)
 
 METHODS = ("entropy", "percentile", "minmax")
+QUANTIZERS = ("onnxruntime", "modelopt")
 BATCH = 32
 
 
@@ -187,10 +188,23 @@ def _ort_prints_to_debug() -> Any:
         log.debug("onnxruntime: %s", line)
 
 
+def _modelopt_quantize(src: Path, dst: Path, x: np.ndarray, method: str, excluded: List[str]) -> None:
+    """NVIDIA Model Optimizer's ONNX INT8 PTQ (``modelopt.onnx.quantization.quantize``), on the CPU provider."""
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as e:
+        raise SignguardError("quantizer 'modelopt' needs NVIDIA Model Optimizer: pip install 'nvidia-modelopt[onnx]' "
+                             "(%s)" % e) from None
+    quantize(str(src), quantize_mode="int8", calibration_data=x,
+             calibration_method={"entropy": "entropy", "minmax": "max"}[method], calibration_eps=["cpu"],
+             nodes_to_exclude=excluded or None, output_path=str(dst))
+
+
 def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, method: str = "entropy",
                   exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
                   percentile: float = 99.999, batch: int = BATCH,
-                  input_range: Optional[Tuple[float, float]] = (0.0, 1.0)) -> Dict[str, Any]:
+                  input_range: Optional[Tuple[float, float]] = (0.0, 1.0),
+                  quantizer: str = "onnxruntime") -> Dict[str, Any]:
     """Quantize ``fp32_onnx`` to a symmetric int8 Q/DQ ONNX at ``out_path``, calibrated on ``calib_x``.
 
     ``calib_x``: (N, 3, S, S) float32 in [0, 1], preprocessed by
@@ -207,7 +221,9 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, 
     The opset is kept (<= 17 for TensorRT 8.5/8.6); a result whose opset was
     raised, or that fails :func:`calib.qdq.check_qdq`, never replaces
     ``out_path``.  Returns a report: method, n_calibration, qdq_nodes,
-    excluded_nodes, check.
+    excluded_nodes, check.  ``quantizer="modelopt"`` uses NVIDIA Model
+    Optimizer's ONNX PTQ instead when it is installed (entropy or minmax);
+    its output must pass the same checks.
     """
     q = _ort_quant()
     import onnx
@@ -215,6 +231,10 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, 
 
     if method not in METHODS:
         raise SignguardError("method: expected one of %s, got %r" % (METHODS, method))
+    if quantizer not in QUANTIZERS:
+        raise SignguardError("quantizer: expected one of %s, got %r" % (QUANTIZERS, quantizer))
+    if quantizer == "modelopt" and method == "percentile":
+        raise SignguardError("method: Model Optimizer calibrates with entropy or minmax, not percentile")
     if method == "percentile" and not 0.0 < float(percentile) <= 100.0:
         raise SignguardError("percentile: expected a number in (0, 100], got %r" % (percentile,))
     fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
@@ -245,13 +265,16 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, 
         # shape inference only: graph optimisation would rename tensors, and the TensorRT
         # calibration cache relies on the Q/DQ model carrying the FP32 tensor names.
         quant_pre_process(str(fp32_onnx), str(pre), skip_optimization=True)
-        with _ort_prints_to_debug():
-            q.quantize_static(
-                str(pre), str(qdq), ArrayReader(x, inp.name, batch), quant_format=q.QuantFormat.QDQ,
-                per_channel=True, reduce_range=False, activation_type=q.QuantType.QInt8,
-                weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=calibrate_method,
-                extra_options=extra,
-            )
+        if quantizer == "modelopt":
+            _modelopt_quantize(pre, qdq, x, method, excluded)
+        else:
+            with _ort_prints_to_debug():
+                q.quantize_static(
+                    str(pre), str(qdq), ArrayReader(x, inp.name, batch), quant_format=q.QuantFormat.QDQ,
+                    per_channel=True, reduce_range=False, activation_type=q.QuantType.QInt8,
+                    weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=calibrate_method,
+                    extra_options=extra,
+                )
         qmodel = load_model(qdq)
         if excluded and _float_inputs_for(qmodel, excluded):
             onnx.save(qmodel, str(qdq))

@@ -76,11 +76,13 @@ def export_bundle(
     calib_method: str = "entropy",
     exclude_nodes: Sequence[str] = (),
     graphs: str = "one",
+    quantizer: str = "onnxruntime",
 ) -> Path:
     """Export ``model`` (a module, or an ordered ``{part: module}`` mapping) to a bundle in ``out_dir``.
 
     ``precisions`` from fp32/fp16/int8 (fp32 is always written: the others are measured against it);
-    int8 needs ``calib_x`` (preprocessed images, see :mod:`calib.dataset`).  The FP32 graph must match
+    int8 needs ``calib_x`` (preprocessed images, see :mod:`calib.dataset`), quantized by ``quantizer``
+    (onnxruntime, or NVIDIA Model Optimizer when installed).  The FP32 graph must match
     PyTorch within ``parity_tol`` on ``parity_inputs``; FP16/INT8 differences are recorded, not bounded
     (``signguard verify`` judges them by accuracy and attack success instead).
     """
@@ -124,12 +126,12 @@ def export_bundle(
                 mine = [n for n in exclude_nodes if n in _node_names(fp32)]
                 excluded.update(mine)
                 report = quantize_int8(fp32, path, x_cal, method=calib_method, exclude_nodes=mine,
-                                       input_range=(0.0, 1.0) if first else None)
+                                       input_range=(0.0, 1.0) if first else None, quantizer=quantizer)
                 cache = path.with_suffix(".trt8.cache")
                 trt_calibration_cache(path, cache)
                 extra_files.append(cache.name)
                 extra = {"quantization": report, "trt_calibration_cache": cache.name}
-                calibration[part] = {"method": calib_method, "n_images": int(len(x_cal))}
+                calibration[part] = {"method": calib_method, "n_images": int(len(x_cal)), "quantizer": quantizer}
             diff = output_diff(ref, run_onnx(path, x_par))
             if prec == "fp32" and diff["max_abs_diff"] > parity_tol:
                 raise SignguardError(f"{path}: ONNX parity failed, max |output diff| {diff['max_abs_diff']:.2e} > "

@@ -251,3 +251,19 @@ def test_sensitivity_has_one_row_per_conv_and_gemm_sorted_by_gain(setup):
         assert r["gain"] == pytest.approx(r["accuracy"] - r["int8_accuracy"])
     md = sensitivity_markdown(rows)
     assert all("`%s`" % n in md for n in CONVS + [GEMM]) and md.count("\n|") == len(rows) + 2
+
+
+def test_model_optimizer_is_optional_and_says_what_to_install(setup, tmp_path):
+    import importlib.util
+
+    with pytest.raises(SignguardError, match="percentile"):
+        quantize_int8(setup["fp32"], tmp_path / "m.onnx", setup["calib"], method="percentile", quantizer="modelopt")
+    with pytest.raises(SignguardError, match="quantizer"):
+        quantize_int8(setup["fp32"], tmp_path / "m.onnx", setup["calib"], quantizer="tensorrt")
+    if importlib.util.find_spec("modelopt") is None:
+        with pytest.raises(SignguardError, match="nvidia-modelopt"):
+            quantize_int8(setup["fp32"], tmp_path / "m.onnx", setup["calib"], quantizer="modelopt")
+        assert not (tmp_path / "m.onnx").exists()
+    else:  # where it is installed, its output must pass the same Q/DQ rules
+        report = quantize_int8(setup["fp32"], tmp_path / "m.onnx", setup["calib"], quantizer="modelopt")
+        assert report["check"]["ok"]

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-boxes", help="ROI boxes CSV for a calibration video (as written by the drive-by renderer)")
     p.add_argument("--calib-n", type=int, default=512, help="calibration images (fewer than 512 warns)")
     p.add_argument("--calib-method", default="entropy", choices=["entropy", "percentile", "minmax"])
+    p.add_argument("--quantizer", default="onnxruntime", choices=["onnxruntime", "modelopt"],
+                   help="INT8 Q/DQ tool (modelopt: NVIDIA Model Optimizer, when installed)")
     p.add_argument("--exclude-node", action="append", default=[], help="ONNX node name kept in FP32 (repeatable)")
     p.add_argument("--sensitivity", type=int, default=0, metavar="N",
                    help="also write sensitivity.md: INT8 accuracy on N test images with each layer alone kept FP32")
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     calib_x = calibration_set(args, data.train, pp).x if "int8" in args.precision else None
     export_bundle(model, out, meta["classes"], pp, data.test.x[idx], name=recipe.name, source=source,
                   precisions=args.precision, calib_x=calib_x, calib_method=args.calib_method,
-                  exclude_nodes=args.exclude_node)
+                  exclude_nodes=args.exclude_node, quantizer=args.quantizer)
     m = json.loads((out / "manifest.json").read_text())
     if args.sensitivity and calib_x is not None:
         from calib.sensitivity import sensitivity, sensitivity_markdown
