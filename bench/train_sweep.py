@@ -56,7 +56,7 @@ def main() -> None:
             t0 = time.time()
             m = train(recipe, Path(args.runs) / ds / recipe.name, resume=True, progress=False)
             results.setdefault(ds, {})[recipe.name] = {
-                **m, "defense": recipe.defense.kind, "alpha": recipe.defense.alpha, "seed": recipe.optim.seed,
+                **m, "defense": recipe.defense.kind, "setting": setting(recipe.defense), "seed": recipe.optim.seed,
                 "epochs": recipe.optim.epochs, "wall_s": round(time.time() - t0, 1),
             }
             print(f"{ds:10s} {recipe.name:22s} test acc {100 * m['test_acc']:.2f}%  ({m['train_time_s']:.0f} s)",
@@ -67,8 +67,19 @@ def main() -> None:
             atomic_write_text(out.with_suffix(".md"), to_markdown(results))
 
 
+def setting(d) -> str:
+    """The defense's own hyper-parameter, as the papers name it."""
+    if d.kind == "gaussian":
+        return f"sigma={d.sigma:g}"
+    if d.kind == "pgd_at":
+        return f"eps={d.eps * 255:.0f}/255, {d.attack_steps} steps"
+    if d.kind == "blur":
+        return f"{d.kernel_size}x{d.kernel_size}, alpha={d.alpha:g}"
+    return f"alpha={d.alpha:g}" if d.kind != "none" else "-"
+
+
 def to_markdown(results: dict) -> str:
-    lines = ["| recipe | defense | alpha | " + " | ".join(f"{d} test acc | {d} time (s)" for d in DATASETS) + " |",
+    lines = ["| recipe | defense | setting | " + " | ".join(f"{d} test acc | {d} time (s)" for d in DATASETS) + " |",
              "|---|---|---|" + "---|---|" * len(DATASETS)]
     names = sorted({n for d in DATASETS for n in results.get(d, {})})
     for n in names:
@@ -77,7 +88,7 @@ def to_markdown(results: dict) -> str:
         for d in DATASETS:
             r = results.get(d, {}).get(n)
             cells += [f"{100 * r['test_acc']:.2f}%" if r else "-", f"{r['train_time_s']:.0f}" if r else "-"]
-        lines.append(f"| {n} | {row['defense']} | {row['alpha']:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {n} | {row['defense']} | {row['setting']} | " + " | ".join(cells) + " |")
     m = results.get("machine", {})
     return ("Test accuracy per recipe (seed 0; synthetic: held-out rendered test split, 18 classes; "
             f"gtsrb32: official GTSRB test set, 43 classes). Machine: {m}.\n\n" + "\n".join(lines) + "\n")
