@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from edge.backends import OrtBackend
 from edge.errors import SignguardError
 from edge.fileio import PathLike
 
@@ -28,14 +29,6 @@ from .quantize import BATCH, check_calib, model_input, quantize_int8, static_dim
 log = logging.getLogger(__name__)
 
 SENSITIVE_OPS = ("Conv", "Gemm", "MatMul")
-
-
-def _logits(path: PathLike, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def _score(logits: np.ndarray, ref: np.ndarray, y: np.ndarray) -> Dict[str, float]:
@@ -71,18 +64,18 @@ def sensitivity(fp32_onnx: PathLike, calib_x: np.ndarray, eval_x: np.ndarray, ev
         raise SignguardError("%s: no Conv/Gemm/MatMul node to test" % fp32_onnx)
     if any(not name for name, _ in nodes):
         raise SignguardError("%s: a Conv/Gemm/MatMul node has no name; name every node to test it" % fp32_onnx)
-    ref = _logits(fp32_onnx, x_eval)
+    ref = OrtBackend(fp32_onnx).run(x_eval)
     fp32 = _score(ref, ref, y)
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="calib-sens.") as tmp:
         full = Path(tmp) / "int8.onnx"
         kw = {"method": method, "percentile": percentile, "batch": batch, "input_range": input_range}
         quantize_int8(fp32_onnx, full, calib_x, **kw)
-        int8 = _score(_logits(full, x_eval), ref, y)
+        int8 = _score(OrtBackend(full).run(x_eval), ref, y)
         for i, (name, op) in enumerate(nodes):
             out = Path(tmp) / ("keep%d.onnx" % i)
             quantize_int8(fp32_onnx, out, calib_x, exclude_nodes=[name], **kw)
-            s = _score(_logits(out, x_eval), ref, y)
+            s = _score(OrtBackend(out).run(x_eval), ref, y)
             rows.append({
                 "node": name, "op_type": op, "accuracy": s["accuracy"], "gain": s["accuracy"] - int8["accuracy"],
                 "agreement": s["agreement"], "logit_err": s["logit_err"], "fp32_accuracy": fp32["accuracy"],

@@ -4,8 +4,9 @@ Why maintained tools: graph simplification (onnxslim) and FP16 conversion
 (onnxruntime's ``float16`` converter) are easy to get subtly wrong by hand --
 constant folding across shape ops, FP16 overflow in reductions, I/O types the
 device must then guess.  Every file is written atomically and checked with
-``onnx.checker``; what each precision costs in accuracy is measured by
-:func:`output_diff` against the FP32 graph, and recorded in the manifest.
+``onnx.checker``; what each precision costs is measured against PyTorch with
+the edge runtime's own comparison (:func:`edge.engine_check.compare_outputs`)
+and recorded in the manifest (:mod:`export.bundle`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from edge.errors import SignguardError
+from edge.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +23,11 @@ FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.on
 
 
 def _save(model, path: Path) -> Path:
+    """Check the graph, then write it with the shared atomic writer (fsync + rename, umask permissions)."""
     import onnx
 
-    tmp = path.with_suffix(".tmp.onnx")
-    onnx.save(model, str(tmp))
-    onnx.checker.check_model(str(tmp))
-    tmp.replace(path)
+    onnx.checker.check_model(model)
+    atomic_write_bytes(path, model.SerializeToString())
     return path
 
 
@@ -60,23 +59,3 @@ def to_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
     model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
     # the converter appends its I/O Casts at the end of the node list; onnxslim re-sorts topologically
     return _save(onnxslim.slim(model), Path(out_path))
-
-
-def run_onnx(path: str | Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """onnxruntime (CPU) outputs of the graph's first output for inputs ``x``, batched."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]).astype(
-        np.float32)
-
-
-def output_diff(ref: np.ndarray, got: np.ndarray) -> dict:
-    """Max / median |difference| and argmax agreement of two (N, C) output arrays."""
-    d = np.abs(np.asarray(ref, np.float64) - np.asarray(got, np.float64))
-    return {"n": int(len(ref)), "max_abs_diff": float(d.max()), "median_abs_diff": float(np.median(d)),
-            "argmax_agreement": float(np.mean(ref.argmax(1) == got.argmax(1)))}

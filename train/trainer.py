@@ -24,6 +24,7 @@ from torch import nn
 from edge.errors import SignguardError
 from edge.fileio import atomic_write_text
 
+from .attacks.base import batched_predict
 from .checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
 from .config import Recipe
 from .data.datasets import DataBundle, Split, load_data
@@ -45,13 +46,9 @@ def resolve_device(name: str) -> torch.device:
 def predict(
     model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu"
 ) -> np.ndarray:
-    """Class predictions (N,) for inputs (N, 3, S, S) in [0, 1]."""
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = torch.as_tensor(x[i : i + batch_size]).to(device)
-        out.append(model(xb).argmax(1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    """Class predictions (N,) as numpy for inputs (N, 3, S, S) in [0, 1]: eval mode, no autograd graph
+    (:func:`~train.attacks.base.batched_predict` on ``device``)."""
+    return batched_predict(model, torch.as_tensor(x).to(device), batch_size).cpu().numpy()
 
 
 def accuracy(model: nn.Module, split: Split, device: str | torch.device = "cpu") -> float:

@@ -24,6 +24,8 @@ from torch import nn
 
 from edge.errors import SignguardError
 
+from ..eval.metrics import l2_dissimilarity
+
 NORMS = ("linf", "l2")
 
 
@@ -151,7 +153,7 @@ def describe(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, target: torc
         "pred_clean": pred_clean.cpu().numpy(),
         "pred_adv": pred_adv.cpu().numpy(),
         "success": succ.cpu().numpy(),
-        "l2_dissimilarity": (d.norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)).cpu().numpy(),
+        "l2_dissimilarity": l2_dissimilarity(x.detach().cpu().numpy(), x_adv.detach().cpu().numpy()),
         "linf": d.abs().amax(1).cpu().numpy() if d.numel() else np.zeros(len(x)),
     }
 

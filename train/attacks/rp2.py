@@ -183,6 +183,7 @@ def evaluate_stickers(model: nn.Module, views: SignViews, result: RP2Result, bat
     (prediction altered, BlurNet Sec. II-A), mean L2 dissimilarity of the
     stickered input to the clean one.  Also the clean accuracy on the views.
     """
+    from ..eval.metrics import accuracy, attack_success_rate, l2_dissimilarity, targeted_success_rate
     from ..trainer import predict
 
     clean = predict(model, views.x, batch_size)
@@ -191,8 +192,9 @@ def evaluate_stickers(model: nn.Module, views: SignViews, result: RP2Result, bat
     for t, colors in zip(result.targets, result.stickers):
         xs = render_with_sticker(views, colors, result.region)
         pred = predict(model, xs, batch_size)
-        l2 = np.linalg.norm((xs - x0).reshape(len(xs), -1), axis=1) / np.linalg.norm(x0.reshape(len(xs), -1), axis=1)
-        per.append({"target": int(t), "targeted_success": float(np.mean(pred == t)),
-                    "untargeted_success": float(np.mean(pred != clean)), "l2_dissimilarity": float(l2.mean()),
+        per.append({"target": int(t), "targeted_success": targeted_success_rate(pred, np.full(len(pred), t)),
+                    "untargeted_success": attack_success_rate(clean, pred),
+                    "l2_dissimilarity": float(l2_dissimilarity(x0, xs).mean()),
                     "predictions": np.bincount(pred, minlength=int(max(pred.max(), t)) + 1).tolist()})
-    return {"n_views": len(views), "clean_accuracy": float(np.mean(clean == views.class_id)), "per_target": per}
+    return {"n_views": len(views), "clean_accuracy": accuracy(clean, np.full(len(clean), views.class_id)),
+            "per_target": per}

@@ -133,7 +133,7 @@ def _precisions(bundle_dir: Path) -> list[str]:
 def verify_bundle(bundle_dir: str | Path, model: nn.Module, x: np.ndarray, y: np.ndarray,
                   attacks: Sequence[TransferAttack], margins: Margins = Margins()) -> VerifyReport:
     """Clean accuracy and transferred-attack success of PyTorch and of every ONNX precision in the bundle."""
-    from ..attacks.base import batched_predict
+    from ..trainer import predict
 
     bundle_dir = Path(bundle_dir)
     precisions = _precisions(bundle_dir)
@@ -141,7 +141,7 @@ def verify_bundle(bundle_dir: str | Path, model: nn.Module, x: np.ndarray, y: np
         raise SignguardError(f"{bundle_dir}: verify compares against the FP32 graph, and the bundle has none")
     model.eval()
     runners: list[tuple[str, str, Any]] = [
-        ("pytorch", "fp32", lambda a: batched_predict(model, torch.from_numpy(a)).numpy())]
+        ("pytorch", "fp32", lambda a: predict(model, a))]
     for prec in precisions:
         b = load_bundle(bundle_dir, precision=prec)
         runners.append(("onnxruntime", prec, lambda a, b=b: b.classify(a).argmax(1)))
