@@ -24,23 +24,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from edge.fileio import atomic_write_json, atomic_write_text
+from train.attacks.base import batched_predict, describe
 from train.attacks.pgd import PGD
-from train.data.classes import LISA_CLASSES
+from train.checkpoint import load_checkpoint
+from train.data.datasets import load_checkpoint_data
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def attacks(model: torch.nn.Module, eps: float, n_classes: int) -> list[tuple[str, str, AttackFn]]:
+def attacks(torchattacks: Any, model: torch.nn.Module, eps: float, n_classes: int
+            ) -> list[tuple[str, str, AttackFn]]:
     """(name, implementation, fn(x, y) -> x_adv) for every attack of the comparison."""
-    try:
-        import torchattacks
-    except ImportError:
-        raise SystemExit("bench/pgd_crosscheck.py needs torchattacks: "
-                         "pip install --no-deps torchattacks==3.5.1") from None
 
     def ours(**kw: Any) -> AttackFn:
         return lambda x, y: PGD(model, eps=eps, **kw)(x, y, seed=0).x_adv
@@ -104,30 +101,25 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="draw of the test images (default 0)")
     p.add_argument("--out", default="reports/pgd_crosscheck")
     args = p.parse_args()
+    try:
+        import torchattacks
+    except ImportError:
+        raise SystemExit("bench/pgd_crosscheck.py needs torchattacks: "
+                         "pip install --no-deps torchattacks==3.5.1") from None
     torch.set_num_threads(1)
-
-    from edge.preprocess import PreprocessConfig
-    from train.checkpoint import load_checkpoint
-    from train.config import DataConfig
-    from train.data.datasets import load_data
 
     model, meta = load_checkpoint(args.checkpoint)
     model.eval()
-    data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
-    idx = np.random.default_rng(args.seed).permutation(len(data.test))[:args.n]
-    x, y = torch.from_numpy(data.test.x[idx]), torch.from_numpy(data.test.y[idx]).long()
-    classes = meta.get("classes") or LISA_CLASSES
+    test = load_checkpoint_data(meta).test.sample(args.n, args.seed)
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y).long()
+    classes = meta["classes"]
     eps = args.eps / 255
-    run_list = attacks(model, eps, len(classes))
-    import torchattacks
-
-    with torch.no_grad():
-        clean = model(x).argmax(1) == y
-    survived = clean.clone()
+    pred_clean = batched_predict(model, x)
+    survived = pred_clean == y
     rms = x.flatten(1).pow(2).mean(1).sqrt()
     result: dict[str, Any] = {
         "checkpoint": str(args.checkpoint), "weights_sha256": meta.get("weights_sha256"), "n": len(y),
-        "seed": args.seed, "eps": eps, "clean_acc": float(clean.float().mean()),
+        "seed": args.seed, "eps": eps, "clean_acc": float(survived.float().mean()),
         "l2_dissimilarity_bound": float((eps / rms).mean()),
         "command": "python bench/pgd_crosscheck.py --checkpoint %s --n %d --eps %g --out %s" % (
             args.checkpoint, args.n, args.eps, args.out),
@@ -136,17 +128,16 @@ def main() -> None:
         "attacks": [],
     }
     out = Path(args.out)
-    for name, impl, fn in run_list:
+    for name, impl, fn in attacks(torchattacks, model, eps, len(classes)):
         t0 = time.perf_counter()
         x_adv = fn(x, y)
         seconds = time.perf_counter() - t0
-        d = (x_adv.detach() - x).flatten(1)
-        with torch.no_grad():
-            ok = model(x_adv).argmax(1) == y
+        info = describe(x, x_adv.detach(), y, None, pred_clean, batched_predict(model, x_adv.detach()))
+        ok = torch.from_numpy(info["pred_adv"]) == y
         survived &= ok
         result["attacks"].append({
             "attack": name, "implementation": impl, "adv_acc": float(ok.float().mean()),
-            "linf": float(d.abs().max()), "l2_dissimilarity": float((d.norm(dim=1) / x.flatten(1).norm(dim=1)).mean()),
+            "linf": float(info["linf"].max()), "l2_dissimilarity": float(info["l2_dissimilarity"].mean()),
             "seconds": round(seconds, 1)})
         result["worst_case_acc"] = float(survived.float().mean())
         result["per_class"] = {classes[c]: {"n": int((y == c).sum()), "acc": float(survived[y == c].float().mean())}

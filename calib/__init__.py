@@ -9,36 +9,26 @@ ONNX, the checks TensorRT needs, a TensorRT 8.x calibration cache, per-layer
 sensitivity).
 
 Dependency rule: ``calib`` imports ``edge`` and numpy/OpenCV/onnx/onnxruntime,
-never ``train``, ``export`` or torch.  Importing this package imports neither
-onnx nor onnxruntime; the names below load their module on first use.
+never ``train``, ``export`` or torch; onnx and onnxruntime are imported where a
+function first needs them, so importing this package loads neither.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .dataset import (
+    MIN_RECOMMENDED,
+    CalibrationSet,
+    from_arrays,
+    from_image_folder,
+    from_video,
+    load_calibration_set,
+    save_calibration_set,
+    stratified_indices,
+)
+from .qdq import check_qdq, read_trt_calibration_cache, trt_calibration_cache
+from .quantize import quantize_int8
+from .sensitivity import sensitivity, sensitivity_markdown
 
-_LAZY = {
-    "CalibrationSet": "calib.dataset",
-    "MIN_RECOMMENDED": "calib.dataset",
-    "stratified_indices": "calib.dataset",
-    "from_arrays": "calib.dataset",
-    "from_image_folder": "calib.dataset",
-    "from_video": "calib.dataset",
-    "save_calibration_set": "calib.dataset",
-    "load_calibration_set": "calib.dataset",
-    "quantize_int8": "calib.quantize",
-    "check_qdq": "calib.qdq",
-    "trt_calibration_cache": "calib.qdq",
-    "read_trt_calibration_cache": "calib.qdq",
-    "sensitivity": "calib.sensitivity",
-    "sensitivity_markdown": "calib.sensitivity",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError("module 'calib' has no attribute %r" % name)
+__all__ = ["MIN_RECOMMENDED", "CalibrationSet", "check_qdq", "from_arrays", "from_image_folder", "from_video",
+           "load_calibration_set", "quantize_int8", "read_trt_calibration_cache", "save_calibration_set",
+           "sensitivity", "sensitivity_markdown", "stratified_indices", "trt_calibration_cache"]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from edge.errors import SignguardError
+from edge.errors import SignguardError, require
 from edge.fileio import PathLike, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,7 @@ QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError("calib needs onnx: pip install onnx onnxruntime (%s)" % e) from e
-    return onnx
+    return require("onnx", "calib needs onnx: pip install onnx onnxruntime")
 
 
 def load_model(path: PathLike) -> Any:

@@ -29,11 +29,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge.errors import SignguardError
+from edge.errors import SignguardError, require
 from edge.fileio import PathLike, atomic_write_bytes
 
 from .dataset import warn_if_small
-from .qdq import MAX_OPSET, QDQ_OPS, check_qdq, load_model, opset_of
+from .qdq import MAX_OPSET, QDQ_OPS, QUANTIZABLE_OPS, check_qdq, load_model, opset_of
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,7 @@ BATCH = 32
 
 
 def _ort_quant() -> Any:
-    try:
-        from onnxruntime import quantization
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError("INT8 quantization needs onnxruntime: pip install onnxruntime (%s)" % e) from e
-    return quantization
+    return require("onnxruntime.quantization", "INT8 quantization needs onnxruntime: pip install onnxruntime")
 
 
 def model_input(model: Any) -> Any:
@@ -127,7 +123,7 @@ def _resolve_exclusions(model: Any, exclude_nodes: Iterable[str], exclude_op_typ
         if name not in known:
             raise SignguardError("%s: exclude_nodes: no node named %r (quantizable nodes: %s)"
                                  % (where, name, [n.name for n in model.graph.node
-                                                  if n.op_type in ("Conv", "Gemm", "MatMul")][:20]))
+                                                  if n.op_type in QUANTIZABLE_OPS][:20]))
         out.append(name)
     present = {n.op_type for n in model.graph.node}
     for op in exclude_op_types:
@@ -190,11 +186,8 @@ def _ort_prints_to_debug() -> Any:
 
 def _modelopt_quantize(src: Path, dst: Path, x: np.ndarray, method: str, excluded: List[str]) -> None:
     """NVIDIA Model Optimizer's ONNX INT8 PTQ (``modelopt.onnx.quantization.quantize``), on the CPU provider."""
-    try:
-        from modelopt.onnx.quantization import quantize
-    except ImportError as e:
-        raise SignguardError("quantizer 'modelopt' needs NVIDIA Model Optimizer: pip install 'nvidia-modelopt[onnx]' "
-                             "(%s)" % e) from None
+    quantize = require("modelopt.onnx.quantization", "quantizer 'modelopt' needs NVIDIA Model Optimizer: "
+                       "pip install 'nvidia-modelopt[onnx]'").quantize
     quantize(str(src), quantize_mode="int8", calibration_data=x,
              calibration_method={"entropy": "entropy", "minmax": "max"}[method], calibration_eps=["cpu"],
              nodes_to_exclude=excluded or None, output_path=str(dst))

@@ -23,12 +23,10 @@ from edge.backends import OrtBackend
 from edge.errors import SignguardError
 from edge.fileio import PathLike
 
-from .qdq import load_model
+from .qdq import QUANTIZABLE_OPS, load_model
 from .quantize import BATCH, check_calib, model_input, quantize_int8, static_dims
 
 log = logging.getLogger(__name__)
-
-SENSITIVE_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def _score(logits: np.ndarray, ref: np.ndarray, y: np.ndarray) -> Dict[str, float]:
@@ -59,7 +57,7 @@ def sensitivity(fp32_onnx: PathLike, calib_x: np.ndarray, eval_x: np.ndarray, ev
     y = np.asarray(eval_y)
     if y.shape != (len(x_eval),):
         raise SignguardError("eval_y: expected %d labels (one per eval image), got shape %s" % (len(x_eval), y.shape))
-    nodes = [(n.name, n.op_type) for n in model.graph.node if n.op_type in SENSITIVE_OPS]
+    nodes = [(n.name, n.op_type) for n in model.graph.node if n.op_type in QUANTIZABLE_OPS]
     if not nodes:
         raise SignguardError("%s: no Conv/Gemm/MatMul node to test" % fp32_onnx)
     if any(not name for name, _ in nodes):

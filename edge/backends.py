@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import BundleError, SignguardError
+from .errors import BundleError, SignguardError, require
 from .fileio import PathLike
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,7 @@ class OrtBackend:
         input_name: Optional[str] = None,
         output_name: Optional[str] = None,
     ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise SignguardError(
-                "the onnxruntime backend needs onnxruntime: `pip install signguard[edge]` (%s)" % e
-            ) from None
+        ort = require("onnxruntime", "the onnxruntime backend needs onnxruntime: `pip install signguard[edge]`")
         self.model_path = str(model_path)
         self.providers = resolve_providers(providers, ort.get_available_providers())
         opts = ort.SessionOptions()
@@ -139,20 +134,12 @@ def _make_ort(path: PathLike, **kwargs: Any) -> OrtBackend:
 
 
 def _make_trt(path: PathLike, **kwargs: Any) -> Any:
-    """``edge.trt_runtime.TrtBackend(path, input_name=..., output_name=...)`` with ``run(batch) -> (N, C)``."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError as e:
-        raise SignguardError(
-            "TensorRT backend needs `pip install signguard[jetson]` (tensorrt, pycuda; on a Jetson they come "
-            "with JetPack) (%s)" % e
-        ) from None
-    try:
-        from . import trt_runtime
-    except ImportError as e:
-        raise SignguardError("TensorRT backend: edge.trt_runtime is not available in this build (%s)" % e) from None
+    """``edge.trt_runtime.TrtBackend(path, input_name=..., output_name=...)`` with ``run(batch) -> (N, C)``;
+    it names what to install when tensorrt or pycuda is missing."""
+    from .trt_runtime import TrtBackend
+
     kwargs.pop("providers", None)
-    return trt_runtime.TrtBackend(path, **kwargs)
+    return TrtBackend(path, **kwargs)
 
 
 _REGISTRY: Dict[str, Callable[..., Any]] = {"onnxruntime": _make_ort, "tensorrt": _make_trt}

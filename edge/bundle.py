@@ -17,14 +17,12 @@ import numpy as np
 from .backends import BACKEND_FORMAT, BACKENDS, make_backend, softmax
 from .errors import BundleError, SignguardError
 from .fileio import PathLike
-from .manifest import read_manifest
+from .manifest import WHOLE_MODEL_PARTS, read_manifest, whole_model_entries
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRECISION = "fp32"
-# Parts that take an image and return class scores on their own, in order of preference.
-_WHOLE_MODEL_PARTS = ("model", "classifier")
 
 
 def _describe(entries: Sequence[Dict[str, Any]]) -> str:
@@ -34,14 +32,10 @@ def _describe(entries: Sequence[Dict[str, Any]]) -> str:
 def select_model(manifest: Dict[str, Any], precision: Optional[str], fmt: str, where: str) -> Dict[str, Any]:
     """The manifest's model entry to run: right format, whole model, ``precision`` (default fp32, else first)."""
     entries: List[Dict[str, Any]] = manifest["models"]
-    usable: List[Dict[str, Any]] = []
-    for part in _WHOLE_MODEL_PARTS:
-        usable = [e for e in entries if e["format"] == fmt and e["part"] == part]
-        if usable:
-            break
+    usable = whole_model_entries(manifest, fmt)
     if not usable:
         raise BundleError("%s: no %s model file for this backend; the bundle has %s" % (where, fmt, _describe(entries)))
-    others = sorted({e["part"] for e in entries} - set(_WHOLE_MODEL_PARTS))
+    others = sorted({e["part"] for e in entries} - set(WHOLE_MODEL_PARTS))
     if others:
         log.warning("%s: the bundle also has %s part(s); this runtime runs only the %s graph",
                     where, ", ".join(others), usable[0]["part"])

@@ -10,25 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# mkstemp creates 0600 files; a bundle copied to a device is read by other users (a camera service),
-# so written files get the usual 0666 & ~umask like open() would give them.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The temporary file is created with mode 0666, which the kernel masks with the process umask, as
+    ``open()`` would (``mkstemp``'s 0600 would hide a bundle from the other users of a device, e.g. a
+    camera service)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    tmp = str(path.parent / (".%s.%s.tmp" % (path.name, secrets.token_hex(6))))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -55,16 +55,35 @@ def model_entry(
     return entry
 
 
+# Parts that take an image and return class scores on their own, in order of preference.
+WHOLE_MODEL_PARTS = ("model", "classifier")
+
+
+def whole_model_entries(manifest: Dict[str, Any], fmt: str) -> List[Dict[str, Any]]:
+    """The ``fmt`` model entries of the preferred whole-model part (``model``, else ``classifier``); empty
+    when there is none.  What the edge runs and what an engine is built from are the same entries."""
+    for part in WHOLE_MODEL_PARTS:
+        usable = [e for e in manifest["models"] if e["format"] == fmt and e["part"] == part]
+        if usable:
+            return usable
+    return []
+
+
 def write_manifest(bundle_dir: PathLike, manifest: Dict[str, Any], extra_files: Optional[List[str]] = None) -> Path:
-    """Hash every model file (and ``extra_files``) and write ``manifest.json`` atomically.
+    """Hash every model file, every file the manifest already lists and ``extra_files``; write
+    ``manifest.json`` atomically.
 
     Hashes are computed here, from the files on disk, so a manifest can never
-    describe bytes other than the ones beside it.
+    describe bytes other than the ones beside it.  Files already listed stay
+    listed, so a rewrite (a new engine) keeps ``verify.npz`` and calibration
+    caches without every caller re-listing them; drop a file from ``files``
+    to unlist it.
     """
     bundle_dir = Path(bundle_dir)
     manifest = dict(manifest)
     manifest["schema_version"] = SCHEMA_VERSION
-    names = [m["file"] for m in manifest.get("models", [])] + list(extra_files or [])
+    names = [m["file"] for m in manifest.get("models", [])] + list(manifest.get("files", {})) + list(extra_files or [])
+    names = list(dict.fromkeys(names))
     files = {}
     for name in names:
         p = bundle_dir / name

@@ -35,11 +35,10 @@ import logging
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from .errors import SignguardError
+from .errors import SignguardError, require
 from .fileio import PathLike, atomic_write_bytes
 from .manifest import read_manifest, write_manifest
 from .trt_plan import (
-    EXPLICIT_BATCH_BIT,
     INSTALL_HINT,
     EngineSpec,
     builder_flags,
@@ -55,19 +54,12 @@ log = logging.getLogger(__name__)
 
 
 def _import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise SignguardError("%s (%s)" % (INSTALL_HINT, e)) from None
-    return trt
+    return require("tensorrt", INSTALL_HINT)
 
 
 def detect_gpu_name() -> str:
     """Name and compute capability of CUDA device 0 via pycuda (e.g. ``"Orin sm87"``): the GPU in the cache key."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as e:
-        raise SignguardError("%s (%s)" % (INSTALL_HINT, e)) from None
+    cuda = require("pycuda.driver", INSTALL_HINT)
     cuda.init()
     dev = cuda.Device(0)
     major, minor = dev.compute_capability()
@@ -145,8 +137,7 @@ def build_engine(spec: EngineSpec, engine_path: PathLike, log_level: str = "warn
     major = check_trt_version(trt.__version__)
     logger = _trt_logger(trt, log_level)
     builder = trt.Builder(logger)
-    bit = int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if major < 10 else EXPLICIT_BATCH_BIT
-    network = builder.create_network(network_creation_flags(major, bit))
+    network = builder.create_network(network_creation_flags(major))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(spec.onnx_path)):
         raise SignguardError("%s: TensorRT %s cannot parse this ONNX: %s"
@@ -214,8 +205,8 @@ def ensure_engine(
         return path
     log.info("equivalent command (in %s): %s", bundle_dir, plan.entry["trtexec"])
     size = build_engine(plan.spec, path, log_level=log_level)
-    new, extra, stale = updated_manifest(manifest, plan.entry)
-    write_manifest(bundle_dir, new, extra_files=extra)
+    new, stale = updated_manifest(manifest, plan.entry)
+    write_manifest(bundle_dir, new)
     for name in stale:
         old = bundle_dir / name
         if old.suffix == ".engine" and old.is_file():

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import BundleError, SignguardError
 from .fileio import PathLike, sha256_file
-from .manifest import PRECISIONS, model_entry
+from .manifest import PRECISIONS, model_entry, whole_model_entries
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,8 @@ KEY_SCHEMA = 1  # bump when the build recipe changes so every cached engine is r
 MIN_TRT = (8, 5)
 MAX_TRT_MAJOR = 10
 EXPLICIT_BATCH_BIT = 0  # NvInfer.h: NetworkDefinitionCreationFlag::kEXPLICIT_BATCH == 0
-INSTALL_HINT = ("TensorRT engines are built on the device: install JetPack (it ships tensorrt and pycuda) "
-                "or `pip install signguard[jetson]` (tensorrt, pycuda)")
-_WHOLE_MODEL_PARTS = ("model", "classifier")
+INSTALL_HINT = ("TensorRT engines are built and run on the device, which needs tensorrt and pycuda: JetPack ships "
+                "both; elsewhere `pip install signguard[jetson]`")
 
 Shape = Tuple[int, ...]
 
@@ -161,11 +160,9 @@ def cleared_flags(precision: str) -> List[str]:
     return ["TF32"] if precision == "fp32" else []
 
 
-def network_creation_flags(trt_major: int, explicit_batch_bit: int = EXPLICIT_BATCH_BIT) -> int:
+def network_creation_flags(trt_major: int) -> int:
     """``create_network`` flags: the EXPLICIT_BATCH bit below TensorRT 10, 0 from 10 on (deprecated, ignored)."""
-    if int(trt_major) < 10:
-        return 1 << int(explicit_batch_bit)
-    return 0
+    return 1 << EXPLICIT_BATCH_BIT if int(trt_major) < 10 else 0
 
 
 def _dims(shape: Sequence[int]) -> str:
@@ -208,11 +205,6 @@ def trtexec_command(spec: EngineSpec, engine_path: PathLike, trt_major: int, trt
     return cmd
 
 
-def command_string(cmd: Sequence[str]) -> str:
-    """Shell-quoted command line, for printing (``shlex.join`` needs Python 3.8+; this is the same thing)."""
-    return " ".join(shlex.quote(str(a)) for a in cmd)
-
-
 def onnx_has_qdq(path: PathLike) -> bool:
     """Whether an ONNX file contains QuantizeLinear/DequantizeLinear nodes (explicit quantization).
 
@@ -246,12 +238,8 @@ def _source_entry(manifest: Dict[str, Any], precision: str, where: str, implicit
     with the FP16 builder flag.  int8 -> the Q/DQ int8 ONNX, else (or with
     ``implicit_int8``) the fp32 ONNX, which then needs a calibration cache.
     """
-    onnx_entries = [e for e in manifest["models"] if e["format"] == "onnx"]
-    for part in _WHOLE_MODEL_PARTS:
-        usable = [e for e in onnx_entries if e["part"] == part]
-        if usable:
-            break
-    else:
+    usable = whole_model_entries(manifest, "onnx")
+    if not usable:
         raise BundleError("%s: no whole-model ONNX file to build an engine from" % where)
     by_precision = {e["precision"]: e for e in reversed(usable)}
     for p in (("fp32",) if implicit_int8 else (precision, "fp32")):
@@ -302,7 +290,7 @@ def plan_engine(
         raise SignguardError("int8_mode must be auto, explicit or implicit, got %r" % (int8_mode,))
     src = _source_entry(manifest, precision, where, implicit_int8=precision == "int8" and int8_mode == "implicit")
     onnx_path = bundle_dir / src["file"]
-    digest = manifest["files"].get(src["file"]) or sha256_file(onnx_path)
+    digest = manifest["files"][src["file"]]  # read_manifest requires (and verifies) a hash for every model file
     has_qdq = onnx_has_qdq(onnx_path) if precision == "int8" else False
     calib = None
     calib_sha = None
@@ -331,7 +319,7 @@ def plan_engine(
         calibration_cache=calib, onnx_has_qdq=has_qdq,
     )
     profile = profile_shapes(spec)
-    builder_flags(precision, has_qdq, calib is not None)  # fail early with the clear message
+    flags = builder_flags(precision, has_qdq, calib is not None)
     key = cache_key(digest, trt_version, gpu_name, precision, profile, calib_sha)
     for e in manifest["models"]:
         if (e["format"] == "engine" and e["precision"] == precision and e["part"] == src["part"]
@@ -345,27 +333,25 @@ def plan_engine(
     extra: Dict[str, Any] = {
         "trt_version": str(trt_version), "gpu": str(gpu_name), "cache_key": key,
         "profile": {"input": spec.input_name, "min": list(lo), "opt": list(opt), "max": list(hi)},
-        "built_from": src["file"], "flags": builder_flags(precision, has_qdq, calib is not None),
-        "trtexec": command_string(trtexec_command(local, name, major)),
+        "built_from": src["file"], "flags": flags,
+        "trtexec": shlex.join(trtexec_command(local, name, major)),
     }
     if precision == "int8":
         extra["quantization"] = "qdq" if has_qdq else "calibration-cache"
     return EnginePlan(spec, name, False, model_entry(name, precision, "engine", src["part"], **extra))
 
 
-def updated_manifest(manifest: Dict[str, Any], entry: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str], List[str]]:
+def updated_manifest(manifest: Dict[str, Any], entry: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
     """The manifest with ``entry`` added, replacing engines of the same precision and part.
 
-    Returns ``(manifest, extra_files, stale_files)``: ``extra_files`` are the
-    hashed non-model files (``gate.npz``, ``verify.npz``...) that
-    :func:`~edge.manifest.write_manifest` must keep hashing; ``stale_files``
-    are the replaced engine files, no longer referenced.  One engine per
-    precision and part keeps engine selection unambiguous for ``load_bundle``.
+    Returns ``(manifest, stale_files)``: ``stale_files`` are the replaced
+    engine files, no longer referenced and unlisted from ``files`` (the other
+    listed files stay: :func:`~edge.manifest.write_manifest` rehashes them).
+    One engine per precision and part keeps engine selection unambiguous for
+    ``load_bundle``.
     """
     m = dict(manifest)
     models = [dict(e) for e in manifest["models"]]
-    model_files = {e["file"] for e in models}
-    extra = [f for f in manifest.get("files", {}) if f not in model_files]
     keep, stale = [], []
     for e in models:
         if e["format"] == "engine" and e["precision"] == entry["precision"] and e["part"] == entry["part"]:
@@ -378,5 +364,6 @@ def updated_manifest(manifest: Dict[str, Any], entry: Dict[str, Any]) -> Tuple[D
     if entry.get("trt_version"):
         tools["tensorrt"] = entry["trt_version"]
     m["tools"] = tools
-    referenced = {e["file"] for e in m["models"]} | set(extra)
-    return m, extra, [f for f in stale if f not in referenced]
+    stale = [f for f in stale if f not in {e["file"] for e in m["models"]}]
+    m["files"] = {f: h for f, h in manifest.get("files", {}).items() if f not in stale}
+    return m, stale

@@ -21,8 +21,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import BundleError, SignguardError
+from .errors import BundleError, SignguardError, require
 from .fileio import PathLike
+from .trt_plan import INSTALL_HINT
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,7 @@ def resolve_io_names(
 
 
 def _import_runtime() -> Tuple[Any, Any]:
-    try:
-        import pycuda.driver as cuda
-        import tensorrt as trt
-    except ImportError as e:
-        raise SignguardError("the TensorRT backend needs tensorrt and pycuda (JetPack ships both; elsewhere "
-                             "`pip install signguard[jetson]`) (%s)" % e) from None
-    return trt, cuda
+    return require("tensorrt", INSTALL_HINT), require("pycuda.driver", INSTALL_HINT)
 
 
 class TrtBackend:

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edge.backends import OrtBackend
-from edge.engine_check import compare_outputs
+from edge.engine_check import VERIFY_NAME, compare_outputs
 from edge.errors import SignguardError
 from edge.fileio import atomic_write_bytes
 from edge.manifest import PRECISIONS, model_entry, write_manifest
@@ -33,7 +33,6 @@ from .onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME, torch_to_onnx
 
 log = logging.getLogger(__name__)
 
-VERIFY_FILE = "verify.npz"
 GRAPHS = ("one", "separate")
 
 
@@ -152,7 +151,7 @@ def export_bundle(
         raise SignguardError(f"export: exclude_nodes {unknown} are not nodes of any exported graph "
                              "(see the node names in calib.sensitivity's report)")
     _write_verify_set(out_dir, parity_inputs, chain)
-    extra_files.append(VERIFY_FILE)
+    extra_files.append(VERIFY_NAME)
     manifest = {
         "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -188,4 +187,4 @@ def _write_verify_set(out_dir: Path, inputs: np.ndarray, chain: dict[str, list[P
         arrays[f"ref_{prec}"] = y
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(out_dir / VERIFY_FILE, buf.getvalue())
+    atomic_write_bytes(out_dir / VERIFY_NAME, buf.getvalue())

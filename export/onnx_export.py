@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from calib.qdq import MAX_OPSET
+
 log = logging.getLogger(__name__)
 
-OPSET = 17  # TensorRT 8.5/8.6 parse up to opset 17
+OPSET = MAX_OPSET  # the highest TensorRT 8.5/8.6 parse (17)
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 

@@ -165,8 +165,8 @@ def train(
                 xb = xb + recipe.defense.sigma * torch.randn(xb.shape, generator=gen)
             elif attack is not None:
                 k = max(1, int(round(recipe.defense.adv_fraction * len(xb))))
-                adv = attack(xb[:k].to(device), yb[:k].to(device), seed=o.seed * 1_000_003 + epoch * 10_007 + i)
-                xb = torch.cat([adv.x_adv.cpu(), xb[k:]])
+                seed = o.seed * 1_000_003 + epoch * 10_007 + i
+                xb = torch.cat([attack.generate(xb[:k].to(device), yb[:k].to(device), seed=seed).cpu(), xb[k:]])
             xb, yb = xb.to(device), yb.to(device)
             f1 = model.features1(xb)
             logits = model.head(f1)

@@ -114,6 +114,9 @@ def test_pgd_is_deterministic_per_seed(toy):
     assert not torch.equal(a, c)
     no_start = PGD(model, steps=2, random_start=False)
     assert torch.equal(no_start(x, y, seed=5).x_adv, no_start(x, y, seed=6).x_adv)
+    small = PGD(model, steps=2, batch_size=5)  # several batches, each seeded: generate() makes the same images
+    assert torch.equal(small.generate(x, y, seed=5), small(x, y, seed=5).x_adv)
+    assert not torch.equal(small.generate(x, y, seed=5), a)  # batches are seeded separately
 
 
 def test_pgd_inside_a_training_loop_keeps_train_mode_and_parameter_grads(toy):

@@ -99,6 +99,18 @@ def test_rp2_is_deterministic_under_a_seed(views):
     assert not np.array_equal(a.stickers, c.stickers)
 
 
+def test_rp2_leaves_the_models_parameters_as_it_found_them(views):
+    """Neither gradients nor requires_grad flags change: a frozen layer (a fixed blur) stays frozen."""
+    m = colour_model()
+    frozen, trainable = m[2].weight, m[2].bias
+    frozen.requires_grad_(False)
+    before = [p.detach().clone() for p in m.parameters()]
+    RP2(m, steps=3, views_per_step=3)(views, [1], seed=0)
+    assert frozen.requires_grad is False and trainable.requires_grad is True
+    assert frozen.grad is None and trainable.grad is None
+    assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))
+
+
 def test_lowfreq_variant_has_only_low_dct_frequencies(views):
     res = RP2(colour_model(), mask="sign", steps=5, dct_dim=4, snap=False, views_per_step=3)(views, [2], seed=0)
     from train.attacks.views import template_face

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from calib.dataset import save_calibration_set
+from edge.backends import OrtBackend
 from edge.preprocess import PreprocessConfig
 from export.bundle import export_bundle
 from train.checkpoint import load_checkpoint
@@ -73,12 +74,17 @@ def test_verify_cli_exit_code_and_report(tmp_path, trained, capsys):
 
 def test_bench_measures_every_precision(tmp_path, trained):
     _, model, _, data = trained
-    b = _bundle(tmp_path, trained, data.train.x, "bench")
+    # INT8 calibrated on blank images: its accuracy differs from FP32's, so a row that ran the wrong graph shows
+    b = _bundle(tmp_path, trained, np.zeros((8, 3, 32, 32), np.float32), "bench")
     res = bench_bundle(b, model, data.test.x, data.test.y, None, None, batch=8, repeats=3, progress=False)
     assert [(r["backend"], r["precision"]) for r in res["rows"]] == [
         ("eager", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8")]
     for r in res["rows"]:
         assert r["status"] == "ok" and 0 < r["batch1"]["p50_ms"] <= r["batch1"]["p99_ms"]
         assert r["batch8"]["throughput"] > 0
+    acc = {r["precision"]: r["accuracy"] for r in res["rows"] if r["format"] == "onnx"}
+    for prec, file in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"), ("int8", "model.int8.onnx")):
+        assert acc[prec] == np.mean(OrtBackend(b / file).run(data.test.x).argmax(1) == data.test.y)
+    assert acc["int8"] != acc["fp32"]
     sizes = {r["precision"]: r["size_mb"] for r in res["rows"] if r["format"] == "onnx"}
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]  # weights at 1, 2 and 4 bytes

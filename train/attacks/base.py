@@ -183,9 +183,24 @@ class Attack:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
                  seed: int = 0) -> AttackResult:
+        check_inputs(x, y, target)
+        x_adv, extra = self._run(x, y, target, seed)
+        pred_clean = batched_predict(self.model, x)
+        pred_adv = batched_predict(self.model, x_adv)
+        info = describe(x, x_adv, y, target, pred_clean, pred_adv)
+        info.update({k: np.concatenate(v) for k, v in extra.items()})
+        return AttackResult(x_adv, info)
+
+    def generate(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None,
+                 seed: int = 0) -> torch.Tensor:
+        """The adversarial images of :meth:`__call__` (same batches, seeds and eval mode) without the
+        predictions and per-sample info: for adversarial training, which needs only the images."""
+        return self._run(x, y, target, seed)[0]
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+             seed: int) -> tuple[torch.Tensor, dict[str, list]]:
         from tqdm import tqdm
 
-        check_inputs(x, y, target)
         if target is not None and not self.targeted_ok:
             raise SignguardError(f"attack {self.name}: targeted mode is not supported")
         advs: list[torch.Tensor] = []
@@ -199,9 +214,4 @@ class Attack:
                 advs.append(xa.detach().clamp(0.0, 1.0))
                 for k, v in ex.items():
                     extra.setdefault(k, []).append(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-        x_adv = torch.cat(advs) if advs else x.clone()
-        pred_clean = batched_predict(self.model, x)
-        pred_adv = batched_predict(self.model, x_adv)
-        info = describe(x, x_adv, y, target, pred_clean, pred_adv)
-        info.update({k: np.concatenate(v) for k, v in extra.items()})
-        return AttackResult(x_adv, info)
+        return (torch.cat(advs) if advs else x.clone()), extra

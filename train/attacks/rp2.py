@@ -131,38 +131,32 @@ class RP2:
         s = views.x.shape[1:]
         history: list[dict[str, Any]] = []
         with eval_mode(self.model):
-            for p in self.model.parameters():
-                p.requires_grad_(False)
-            try:
-                for step in tqdm(range(self.steps), desc="rp2", disable=not self.progress, leave=False):
-                    d = self._effective(delta, face, sticker, sign)
-                    idx = torch.randperm(n_views, generator=gen)[:v]
-                    xa = apply_perturbation(views, d, region, idx).reshape(k * v, *s)
-                    if self.noise > 0:
-                        jit = 1.0 + 0.1 * (2 * torch.rand(k * v, 1, 1, 1, generator=gen) - 1)
-                        xa = (xa * jit + self.noise * torch.randn(xa.shape, generator=gen)).clamp(0.0, 1.0)
-                    reg = torch.zeros(())
-                    if self.feature_penalty is not None:
-                        f1 = self.model.features1(xa)
-                        logits = self.model.head(f1)
-                        reg = self.feature_penalty(f1) * k  # per-target mean, summed over targets
-                    else:
-                        logits = self.model(xa)
-                    ce = F.cross_entropy(logits, tgt, reduction="none").view(k, v).mean(1)
-                    l2 = (d * region).flatten(1).norm(dim=1)
-                    nps = non_printability(face + d, self.palette, region)
-                    loss = (ce + self.lam * l2 + self.nps_weight * nps).sum() + reg
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if step % 25 == 0 or step == self.steps - 1:
-                        succ = (logits.argmax(1) == tgt).view(k, v).float().mean(1)
-                        history.append({"step": step, "ce": ce.detach().mean().item(), "l2": l2.mean().item(),
-                                        "nps": nps.mean().item(), "reg": float(reg.detach()) / k,
-                                        "success": succ.mean().item()})
-            finally:
-                for p in self.model.parameters():
-                    p.requires_grad_(True)
+            for step in tqdm(range(self.steps), desc="rp2", disable=not self.progress, leave=False):
+                d = self._effective(delta, face, sticker, sign)
+                idx = torch.randperm(n_views, generator=gen)[:v]
+                xa = apply_perturbation(views, d, region, idx).reshape(k * v, *s)
+                if self.noise > 0:
+                    jit = 1.0 + 0.1 * (2 * torch.rand(k * v, 1, 1, 1, generator=gen) - 1)
+                    xa = (xa * jit + self.noise * torch.randn(xa.shape, generator=gen)).clamp(0.0, 1.0)
+                reg = torch.zeros(())
+                if self.feature_penalty is not None:
+                    f1 = self.model.features1(xa)
+                    logits = self.model.head(f1)
+                    reg = self.feature_penalty(f1) * k  # per-target mean, summed over targets
+                else:
+                    logits = self.model(xa)
+                ce = F.cross_entropy(logits, tgt, reduction="none").view(k, v).mean(1)
+                l2 = (d * region).flatten(1).norm(dim=1)
+                nps = non_printability(face + d, self.palette, region)
+                loss = (ce + self.lam * l2 + self.nps_weight * nps).sum() + reg
+                # the gradient w.r.t. delta only: the model's parameters are neither touched nor toggled
+                (delta.grad,) = torch.autograd.grad(loss, delta)
+                opt.step()
+                if step % 25 == 0 or step == self.steps - 1:
+                    succ = (logits.argmax(1) == tgt).view(k, v).float().mean(1)
+                    history.append({"step": step, "ce": ce.detach().mean().item(), "l2": l2.mean().item(),
+                                    "nps": nps.mean().item(), "reg": float(reg.detach()) / k,
+                                    "success": succ.mean().item()})
             with torch.no_grad():
                 colors = (face + self._effective(delta, face, sticker, sign)).numpy()
                 if self.snap:
@@ -198,3 +192,27 @@ def evaluate_stickers(model: nn.Module, views: SignViews, result: RP2Result, bat
                     "predictions": np.bincount(pred, minlength=int(max(pred.max(), t)) + 1).tolist()})
     return {"n_views": len(views), "clean_accuracy": accuracy(clean, np.full(len(clean), views.class_id)),
             "per_target": per}
+
+
+def save_rp2_sticker(out_dir: str | Path, model: nn.Module, heldout: SignViews, result: RP2Result,
+                     evaluation: dict[str, Any], index: int, sign_width_mm: float, dpi: int,
+                     meta: dict[str, Any]) -> dict[str, Path]:
+    """Target ``index``'s sticker as a printable artifact (PNG + PDF at ``sign_width_mm``/``dpi``, mask,
+    sidecar) and a preview of it on the first 16 held-out views with the model's predictions.
+
+    One writer for ``signguard attack rp2`` and ``signguard eval``, so every sticker's sidecar names its
+    sign, target and held-out score the same way (``verify`` re-prints it onto fresh poses of that sign).
+    """
+    from ..data.classes import LISA_CLASSES
+    from ..trainer import predict
+    from .sticker_io import preview_grid, save_sticker
+
+    per = evaluation["per_target"][index]
+    colors = result.stickers[index]
+    paths = save_sticker(out_dir, colors.transpose(1, 2, 0), result.region > 0, sign_width_mm, dpi, {
+        **meta, "sign": LISA_CLASSES[heldout.class_id], "target": LISA_CLASSES[int(result.targets[index])],
+        "heldout_targeted_success": per["targeted_success"], "heldout_views": evaluation["n_views"],
+        "clean_view_accuracy": evaluation["clean_accuracy"], "config": result.config})
+    xs = render_with_sticker(heldout, colors, result.region)[:16]
+    preview_grid(Path(out_dir) / "preview.png", xs, [LISA_CLASSES[p] for p in predict(model, xs)])
+    return paths

@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from edge.errors import SignguardError
+from edge.errors import SignguardError, require
 from edge.fileio import PathLike, atomic_write_bytes, atomic_write_json
 
 MM_PER_INCH = 25.4
@@ -32,12 +32,7 @@ PREVIEW_CELL_INCHES = (1.6, 1.8)
 
 def _need(module: str) -> Any:
     """Import an optional plotting dependency, naming the install command when it is missing."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{module} is needed for sticker/preview output: pip install 'signguard[train]'") from e
+    return require(module, f"{module} is needed for sticker/preview output: pip install 'signguard[train]'")
 
 
 def _check_unit_floats(a: object, name: str, fn: str) -> np.ndarray:

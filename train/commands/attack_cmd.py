@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..attacks.views import render_views
     from ..checkpoint import load_checkpoint, read_sidecar
-    from ..data.classes import LISA_CLASSES, LISA_INDEX
+    from ..data.classes import LISA_INDEX
 
     model, meta = load_checkpoint(args.checkpoint)
     _, side = read_sidecar(args.checkpoint)
@@ -68,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cls = LISA_INDEX[args.sign]
     if args.kind == "rp2":
-        from ..attacks.rp2 import RP2, evaluate_stickers
-        from ..attacks.sticker_io import preview_grid, save_sticker
-        from ..attacks.views import render_with_sticker
-        from ..trainer import predict
+        from ..attacks.rp2 import RP2, evaluate_stickers, save_rp2_sticker
 
         target = LISA_INDEX[args.target]
         train_v = render_views(cls, args.views, args.seed * 2 + 1)
@@ -80,24 +77,18 @@ def run(args: argparse.Namespace) -> int:
                   progress=True)(train_v, [target], seed=args.seed)
         ev = evaluate_stickers(model, held, res)
         rate = ev["per_target"][0]["targeted_success"]
-        paths = save_sticker(out, res.stickers[0].transpose(1, 2, 0), res.region > 0, args.sign_width_mm, args.dpi,
-                             {"model_sha256": side["weights_sha256"], "sign": args.sign, "target": args.target,
-                              "heldout_targeted_success": rate, "heldout_views": len(held),
-                              "clean_view_accuracy": ev["clean_accuracy"], "config": res.config})
-        xs = render_with_sticker(held, res.stickers[0], res.region)[:16]
-        preview_grid(out / "preview.png", xs, [LISA_CLASSES[p] for p in predict(model, xs)])
+        paths = save_rp2_sticker(out, model, held, res, ev, 0, args.sign_width_mm, args.dpi,
+                                 {"model_sha256": side["weights_sha256"]})
         print(f"rp2 {args.sign} -> {args.target}: {100 * rate:.1f}% targeted success on {len(held)} held-out poses "
               f"(clean accuracy {100 * ev['clean_accuracy']:.1f}%)\nsticker: {paths['sticker_png']}, "
               f"{paths['sticker_pdf']}")
     elif args.kind == "uap":
-        from edge.preprocess import PreprocessConfig
-
         from ..attacks.base import eval_mode
-        from ..attacks.uap import UAP, SPGDUniversal, apply_universal, save_perturbation
-        from ..config import DataConfig
-        from ..data.datasets import load_data
+        from ..attacks.uap import UAP, SPGDUniversal, apply_universal, default_xi, save_perturbation
+        from ..data.datasets import load_checkpoint_data
+        from ..eval.metrics import accuracy
 
-        data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
+        data = load_checkpoint_data(meta)
         rng = np.random.default_rng(args.seed)
         fit_idx = rng.permutation(len(data.train))[: args.n]
         test_idx = rng.permutation(len(data.test))[: args.n_test]
@@ -114,10 +105,11 @@ def run(args: argparse.Namespace) -> int:
         norm = float(np.abs(v).max() if args.norm == "linf" else np.linalg.norm(v))
         fr, fr_test = float(fit_res.info["fooling_ratio"]), float(test_res.info["fooling_ratio"])
         save_perturbation(out / "uap.npy", v, {
-            "method": args.method, "norm": args.norm, "xi": norm if args.xi is None else args.xi,
+            "method": args.method, "norm": args.norm,
+            "xi": default_xi(args.norm, v.size) if args.xi is None else args.xi,  # the budget; ||v|| may be below
             "fooling_ratio": fr, "n_images": len(x_fit), "heldout_fooling_ratio": fr_test,
             "heldout_images": len(x_test),
-            "heldout_accuracy": float(np.mean(test_res.info["pred_adv"] == y_test.numpy())),
+            "heldout_accuracy": accuracy(test_res.info["pred_adv"], y_test.numpy()),
             "model_hash": side["weights_sha256"], "seed": args.seed})
         print(f"{args.method} ({args.norm}, ||v|| = {norm:.4f}): fooling ratio {100 * fr:.1f}% on the {len(x_fit)} "
               f"training images it was fitted on, {100 * fr_test:.1f}% on {len(x_test)} held-out test images "
@@ -134,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         buf = io.BytesIO()
         np.savez_compressed(buf, x=held.x.numpy(), x_adv=r.x_adv.numpy(), y=y.numpy(), pred_adv=r.info["pred_adv"])
         atomic_write_bytes(out / "pgd.npz", buf.getvalue())
-        rate = float(np.mean(r.info["success"]))
+        rate = r.success_rate
         atomic_write_json(out / "pgd.json", {"eps": args.eps, "steps": args.steps, "alpha": args.alpha,
                                              "loss": args.loss, "restarts": args.restarts,
                                              "success_rate": rate, "model_sha256": side["weights_sha256"]})

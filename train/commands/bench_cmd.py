@@ -5,17 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .bundle_args import add_bundle_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", required=True, help="bundle folder written by `signguard export`")
-    p.add_argument("--checkpoint", help="the trained model (default: the bundle manifest's source.checkpoint)")
-    p.add_argument("--n", type=int, default=1000, help="held-out test images for accuracy")
-    p.add_argument("--attack-n", type=int, default=300, help="images attacked with PGD on the PyTorch model")
-    p.add_argument("--eps", type=float, default=8 / 255, help="PGD L-inf budget (0: no attack column)")
+    add_bundle_arguments(p, attack_n=300)
     p.add_argument("--batch", type=int, default=32, help="the larger batch size timed")
     p.add_argument("--repeats", type=int, default=50, help="timed runs at batch 1 (a fifth of that at --batch)")
     p.add_argument("--out", help="report path stem (default: bench_<bundle name>); writes .json and .md")
-    p.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
 
     bundle = Path(args.bundle)
     model, x, y = heldout_for_bundle(bundle, args.checkpoint, args.n, args.seed)
-    adv = pgd_transfer(model, x[: args.attack_n], y[: args.attack_n], eps=args.eps) if args.eps > 0 else None
+    adv = (pgd_transfer(model, x[: args.attack_n], y[: args.attack_n], eps=args.eps, seed=args.seed)
+           if args.eps > 0 else None)
     res = bench_bundle(bundle, model, x, y, None if adv is None else adv.x_adv, None if adv is None else adv.labels,
                        batch=args.batch, repeats=args.repeats)
     md = to_markdown(res, attack=adv.name if adv else "")

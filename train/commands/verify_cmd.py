@@ -12,22 +12,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .bundle_args import add_bundle_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", required=True, help="bundle folder written by `signguard export`")
-    p.add_argument("--checkpoint", help="the trained model (default: the bundle manifest's source.checkpoint)")
-    p.add_argument("--n", type=int, default=1000, help="held-out test images for clean accuracy")
-    p.add_argument("--attack-n", type=int, default=500, help="of those, images attacked with PGD")
-    p.add_argument("--eps", type=float, default=8 / 255, help="PGD L-inf budget (0 disables PGD)")
+    add_bundle_arguments(p, attack_n=500)
     p.add_argument("--sticker", action="append", default=[], help="RP2 sticker folder (repeatable)")
     p.add_argument("--uap", help="universal perturbation .npy (signguard attack uap)")
     p.add_argument("--max-acc-drop", type=float, default=1.0, help="points of accuracy a precision may lose")
     p.add_argument("--max-asr-rise", type=float, default=2.0, help="points of attack success a precision may gain")
     p.add_argument("--engine", help="TensorRT engine to check against verify.npz (needs tensorrt + pycuda)")
     p.add_argument("--engine-precision", default="fp16", choices=["fp32", "fp16", "int8"])
-    p.add_argument("--engine-tol", type=float, default=0.05, help="max |output diff| vs onnxruntime")
+    p.add_argument("--engine-tol", type=float, help="max |output diff| vs onnxruntime (default per precision: "
+                   "fp32 1e-3, fp16 0.05, int8 0.25)")
     p.add_argument("--out", help="write the report as JSON (and .md beside it)")
-    p.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 from edge.fileio import atomic_write_bytes
 from edge.preprocess import PreprocessConfig, preprocess
 
+from ..config import DataConfig
 from .classes import LISA_CLASSES
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def sample(self, n: int, seed: int) -> Split:
+        """``n`` samples (all, if fewer) drawn without replacement by ``seed``: the seeded held-out draw
+        that verify, bench and eval share, so their numbers are on the same images."""
+        idx = np.random.default_rng(seed).permutation(len(self))[:n]
+        return Split(self.x[idx], self.y[idx])
 
 
 @dataclass
@@ -113,6 +120,12 @@ def _hash_splits(*splits: Split) -> str:
         h.update(np.ascontiguousarray(s.x).tobytes())
         h.update(np.ascontiguousarray(s.y).tobytes())
     return h.hexdigest()
+
+
+def load_checkpoint_data(meta: dict, progress: bool = True) -> DataBundle:
+    """The splits a checkpoint was trained and tested on, rebuilt from its sidecar (``recipe.data`` and
+    ``preprocess``): attacks and checks score a model on its own held-out images, whoever calls them."""
+    return load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]), progress=progress)
 
 
 def load_data(data_cfg, cfg: PreprocessConfig, progress: bool = True, cache_dir: Path | None = None) -> DataBundle:

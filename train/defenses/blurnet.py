@@ -78,23 +78,29 @@ def tikhonov_pseudo(f: torch.Tensor) -> torch.Tensor:
 
 
 Penalty = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+FeatureRegularizer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def feature_regularizer(cfg: DefenseConfig) -> Optional[FeatureRegularizer]:
+    """The defense's smoothness term on the first-layer maps, ``R(F)`` (TV Eq. 4, Tikhonov Eq. 6-7), or None:
+    what training adds (times alpha) and what the regulariser-aware attack adds to its loss (Eq. 9-11)."""
+    if cfg.kind == "tv":
+        return total_variation
+    if cfg.kind == "tik_hf":
+        return lambda f: tikhonov_hf(f, cfg.window)
+    if cfg.kind == "tik_pseudo":
+        return tikhonov_pseudo
+    return None
 
 
 def make_penalty(cfg: DefenseConfig) -> Optional[Penalty]:
     """The defense's training-loss term as ``penalty(model, F) -> alpha * R``, or None."""
-    if cfg.alpha == 0 or cfg.kind in ("none", "gaussian", "pgd_at"):
+    if cfg.alpha == 0:
         return None
     if cfg.kind == "blur":
-        if not cfg.learnable:
-            return None
-        return lambda model, f: cfg.alpha * linf_depthwise_penalty(model)
-    if cfg.kind == "tv":
-        return lambda model, f: cfg.alpha * total_variation(f)
-    if cfg.kind == "tik_hf":
-        return lambda model, f: cfg.alpha * tikhonov_hf(f, cfg.window)
-    if cfg.kind == "tik_pseudo":
-        return lambda model, f: cfg.alpha * tikhonov_pseudo(f)
-    raise ValueError(f"unknown defense {cfg.kind!r}")
+        return (lambda model, f: cfg.alpha * linf_depthwise_penalty(model)) if cfg.learnable else None
+    reg = feature_regularizer(cfg)
+    return None if reg is None else (lambda model, f: cfg.alpha * reg(f))
 
 
 def model_options(cfg: DefenseConfig) -> dict:

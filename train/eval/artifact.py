@@ -21,7 +21,7 @@ from torch import nn
 
 from edge.bundle import load_bundle
 from edge.errors import SignguardError
-from edge.manifest import read_manifest
+from edge.manifest import read_manifest, whole_model_entries
 
 
 @dataclass
@@ -75,19 +75,16 @@ def heldout_for_bundle(bundle_dir: str | Path, checkpoint: str | Path | None, n:
                        seed: int = 0) -> tuple[nn.Module, np.ndarray, np.ndarray]:
     """The bundle's PyTorch model (``checkpoint`` or the manifest's ``source.checkpoint``) and ``n`` held-out
     test images of its recipe, drawn with ``seed``: what ``verify`` and ``bench`` score every artifact on."""
-    from edge.preprocess import PreprocessConfig
-
     from ..checkpoint import load_checkpoint
-    from ..config import DataConfig
-    from ..data.datasets import load_data
+    from ..data.datasets import load_checkpoint_data
 
-    ckpt = checkpoint or read_manifest(bundle_dir).get("source", {}).get("checkpoint")
+    # only the source path is read here; verify_bundle / bench_bundle check the hashes once
+    ckpt = checkpoint or read_manifest(bundle_dir, verify_hashes=False).get("source", {}).get("checkpoint")
     if not ckpt:
         raise SignguardError(f"{Path(bundle_dir) / 'manifest.json'}: no source.checkpoint; pass --checkpoint")
     model, meta = load_checkpoint(ckpt)
-    data = load_data(DataConfig(**meta["recipe"]["data"]), PreprocessConfig(**meta["preprocess"]))
-    idx = np.random.default_rng(seed).permutation(len(data.test))[:n]
-    return model, data.test.x[idx], data.test.y[idx]
+    test = load_checkpoint_data(meta).test.sample(n, seed)
+    return model, test.x, test.y
 
 
 def pgd_transfer(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float = 8 / 255, alpha: float = 0.01,
@@ -124,26 +121,21 @@ def uap_transfer(path: str | Path, x: np.ndarray) -> TransferAttack:
                                  "scored as fooling ratio")
 
 
-def _precisions(bundle_dir: Path) -> list[str]:
-    m = read_manifest(bundle_dir)
-    whole = [e for e in m["models"] if e["format"] == "onnx" and e["part"] in ("model", "classifier")]
-    return list(dict.fromkeys(e["precision"] for e in whole))
-
-
 def verify_bundle(bundle_dir: str | Path, model: nn.Module, x: np.ndarray, y: np.ndarray,
                   attacks: Sequence[TransferAttack], margins: Margins = Margins()) -> VerifyReport:
     """Clean accuracy and transferred-attack success of PyTorch and of every ONNX precision in the bundle."""
     from ..trainer import predict
 
     bundle_dir = Path(bundle_dir)
-    precisions = _precisions(bundle_dir)
+    manifest = read_manifest(bundle_dir)  # every hash checked once, here
+    precisions = list(dict.fromkeys(e["precision"] for e in whole_model_entries(manifest, "onnx")))
     if "fp32" not in precisions:
         raise SignguardError(f"{bundle_dir}: verify compares against the FP32 graph, and the bundle has none")
     model.eval()
     runners: list[tuple[str, str, Any]] = [
         ("pytorch", "fp32", lambda a: predict(model, a))]
     for prec in precisions:
-        b = load_bundle(bundle_dir, precision=prec)
+        b = load_bundle(bundle_dir, precision=prec, verify_hashes=False)
         runners.append(("onnxruntime", prec, lambda a, b=b: b.classify(a).argmax(1)))
     rows = []
     for backend, prec, run in runners:

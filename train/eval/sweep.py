@@ -43,6 +43,7 @@ from edge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 from ..checkpoint import load_checkpoint, read_sidecar
 from ..data.classes import LISA_CLASSES, LISA_INDEX
+from ..data.datasets import Split, load_checkpoint_data
 from . import metrics
 
 KINDS = ("rp2", "rp2_transfer", "pgd", "fgsm", "deepfool", "uap")
@@ -163,22 +164,10 @@ def feature_blur(model: nn.Module, meta: dict[str, Any], k: int) -> nn.Module:
 
 def regularizer_of(meta: dict[str, Any]):
     """The first-layer training regulariser of a checkpoint's defense (Eq. 9-11), or None."""
-    from ..defenses import blurnet
+    from ..config import DefenseConfig, from_dict
+    from ..defenses.blurnet import feature_regularizer
 
-    d = meta.get("defense", {})
-    kind = d.get("kind")
-    if kind == "tv":
-        return blurnet.total_variation
-    if kind == "tik_hf":
-        window = int(d.get("window", 3))
-
-        def tik_hf(f: torch.Tensor) -> torch.Tensor:
-            return blurnet.tikhonov_hf(f, window)
-
-        return tik_hf
-    if kind == "tik_pseudo":
-        return blurnet.tikhonov_pseudo
-    return None
+    return feature_regularizer(from_dict(DefenseConfig, meta.get("defense", {}), "defense"))
 
 
 # --------------------------------------------------------------------------- cells
@@ -228,7 +217,8 @@ class Runner:
         self.heldout = render_views(cls, int(v["heldout"]), int(v["heldout_seed"]))
         self.class_id = cls
         self._models: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
-        self._test: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._tests: dict[str, Split] = {}  # test split per (data, preprocess) recipe; each attack draws its n
+        self._rp2: dict[str, tuple[Any, dict[str, Any]]] = {}  # (RP2Result, held-out evaluation) per setting
 
     def model(self, label: str) -> tuple[nn.Module, dict[str, Any]]:
         if label not in self._models:
@@ -238,18 +228,11 @@ class Runner:
     def images(self, a: dict[str, Any], meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         if a.get("images", "views") == "views":
             return self.heldout.x, torch.full((len(self.heldout),), self.class_id, dtype=torch.long)
-        if self._test is None:
-            from edge.preprocess import PreprocessConfig
-
-            from ..config import DataConfig
-            from ..data.datasets import load_data
-
-            d = meta["recipe"]["data"]
-            data = load_data(DataConfig(**d), PreprocessConfig(**meta["preprocess"]), progress=self.progress)
-            n = int(a.get("n", 500))
-            idx = np.random.default_rng(self.cfg.seed).permutation(len(data.test))[:n]
-            self._test = torch.from_numpy(data.test.x[idx]), torch.from_numpy(data.test.y[idx]).long()
-        return self._test
+        key = json.dumps([meta["recipe"]["data"], meta["preprocess"]], sort_keys=True)
+        if key not in self._tests:  # models trained on other data are scored on their own test split
+            self._tests[key] = load_checkpoint_data(meta, progress=self.progress).test
+        s = self._tests[key].sample(int(a.get("n", 500)), self.cfg.seed)
+        return torch.from_numpy(s.x), torch.from_numpy(s.y).long()
 
     def cell(self, a: dict[str, Any], label: str) -> dict[str, Any] | None:
         key = _cell_key(a, self.cfg.models[label], self.cfg)
@@ -260,10 +243,9 @@ class Runner:
                 return cached["row"]
         t0 = time.time()
         row = self._compute(a, label)
-        if row is None:
-            return None
-        row.update({"model": label, "attack": a["name"], "seconds": round(time.time() - t0, 1)})
-        atomic_write_json(path, {"key": key, "row": row})
+        if row is not None:
+            row.update({"model": label, "attack": a["name"], "seconds": round(time.time() - t0, 1)})
+        atomic_write_json(path, {"key": key, "row": row})  # "not applicable to this model" (None) is cached too
         return row
 
     def _compute(self, a: dict[str, Any], label: str) -> dict[str, Any] | None:
@@ -271,21 +253,19 @@ class Runner:
 
         model, meta = self.model(label)
         kind = a["kind"]
-        targets = [c for c in range(len(LISA_CLASSES)) if c != self.class_id]
         if kind == "rp2":
             penalty = None
             if a.get("adaptive") == "regularizer":
                 penalty = regularizer_of(meta)
                 if penalty is None:
                     return None
-            res = _rp2_attack(model, a, penalty)(self.train_views, targets, seed=self.cfg.seed)
-            ev = evaluate_stickers(model, self.heldout, res)
+            res, ev = self._rp2_stickers(label, model, a, penalty)
             row = _rp2_row(ev, meta)
-            self._save_sticker(a, label, model, res, ev)
+            self._save_sticker(a, label, model, res, ev, meta)
             return row
         if kind == "rp2_transfer":
-            res = _rp2_attack(model, a)(self.train_views, targets, seed=self.cfg.seed)
-            rows = {"source": _rp2_row(evaluate_stickers(model, self.heldout, res), meta)}
+            res, ev = self._rp2_stickers(label, model, a)
+            rows = {"source": _rp2_row(ev, meta)}
             for k in a.get("input_blur", []):
                 blurred = InputBlur(model, k).eval()
                 rows[f"input blur {k}x{k}"] = _rp2_row(evaluate_stickers(blurred, self.heldout, res), meta)
@@ -311,25 +291,28 @@ class Runner:
             row["fooling_ratio"] = float(info["fooling_ratio"])
         return row
 
-    def _save_sticker(self, a: dict[str, Any], label: str, model: nn.Module, res, ev: dict[str, Any]) -> None:
+    def _rp2_stickers(self, label: str, model: nn.Module, a: dict[str, Any], penalty=None):
+        """RP2 stickers for every target on ``label`` and their held-out evaluation, computed once per RP2
+        setting: a transfer attack with the white-box attack's settings reuses its stickers."""
+        from ..attacks.rp2 import evaluate_stickers
+
+        atk = _rp2_attack(model, a, penalty)
+        key = json.dumps([label, atk.config()], sort_keys=True)
+        if key not in self._rp2:
+            targets = [c for c in range(len(LISA_CLASSES)) if c != self.class_id]
+            res = atk(self.train_views, targets, seed=self.cfg.seed)
+            self._rp2[key] = res, evaluate_stickers(model, self.heldout, res)
+        return self._rp2[key]
+
+    def _save_sticker(self, a: dict[str, Any], label: str, model: nn.Module, res, ev: dict[str, Any],
+                      meta: dict[str, Any]) -> None:
         """The attacker's best target: printable sticker (PNG + PDF at the physical size) and a preview grid."""
-        from ..attacks.sticker_io import preview_grid, save_sticker
-        from ..attacks.views import render_with_sticker
-        from ..trainer import predict
+        from ..attacks.rp2 import save_rp2_sticker
 
         best = int(np.argmax([p["targeted_success"] for p in ev["per_target"]]))
-        target = int(res.targets[best])
-        d = self.out / "stickers" / f"{a['name']}__{label}"
-        colors = res.stickers[best]
-        region = res.region > 0
-        save_sticker(d, colors.transpose(1, 2, 0), region, float(self.cfg.sticker["sign_width_mm"]),
-                     int(self.cfg.sticker["dpi"]),
-                     {"model": label, "attack": a["name"], "target": LISA_CLASSES[target],
-                      "heldout_targeted_success": ev["per_target"][best]["targeted_success"],
-                      "config": res.config})
-        xs = render_with_sticker(self.heldout, colors, res.region)[:16]
-        pred = predict(model, xs)
-        preview_grid(d / "preview.png", xs, [LISA_CLASSES[p] for p in pred], ncols=8)
+        save_rp2_sticker(self.out / "stickers" / f"{a['name']}__{label}", model, self.heldout, res, ev, best,
+                         float(self.cfg.sticker["sign_width_mm"]), int(self.cfg.sticker["dpi"]),
+                         {"model": label, "attack": a["name"], "model_sha256": meta.get("weights_sha256")})
 
 
 def _pixel_attack(model: nn.Module, a: dict[str, Any]):
