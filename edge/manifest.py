@@ -12,10 +12,12 @@ not match their hashes, naming the file at fault.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .errors import BundleError
+from .config import check_choice, from_dict
+from .errors import BundleError, ConfigError
 from .fileio import PathLike, atomic_write_json, sha256_file
 from .preprocess import PreprocessConfig
 
@@ -23,21 +25,83 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMATS = ("onnx", "engine")
-PARTS = ("model", "classifier", "rectifier", "purifier")
+PARTS = ("model", "classifier", "rectifier", "purifier", "gate")
 
-# field -> expected python type(s); checked on read so a hand-edited manifest fails clearly
-_REQUIRED = {
-    "schema_version": int,
-    "name": str,
-    "classes": list,
-    "input": dict,
-    "output": dict,
-    "preprocess": dict,
-    "models": list,
-    "files": dict,
-    "tools": dict,
-}
-_OPTIONAL = {"gate": (dict, type(None)), "source": dict, "created": str, "extra": dict}
+
+@dataclass(frozen=True)
+class InputSpec:
+    """``input``: the graph's input tensor (name, shape ``[N, C, H, W]`` with ``-1`` for a dynamic batch...)."""
+
+    name: str
+    shape: List[int]
+    dtype: str = "float32"
+    layout: str = "NCHW"
+    range: Optional[Tuple[float, float]] = None
+    color: str = "RGB"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """``output``: the graph's output tensor and what its values mean."""
+
+    name: str
+    semantics: str = "logits"
+    num_classes: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``models`` entry: a model file, its precision/format/part, and format-specific metadata
+    (export: opset, parity, quantization; engines: TensorRT version, GPU, cache key, profile...)."""
+
+    file: str
+    precision: str
+    format: str
+    part: str
+    opset: Optional[int] = None
+    parity: Optional[Dict[str, float]] = None
+    quantization: Optional[Union[str, Dict[str, Any]]] = None
+    trt_calibration_cache: Optional[str] = None
+    trt_version: Optional[str] = None
+    gpu: Optional[str] = None
+    cache_key: Optional[str] = None
+    profile: Optional[Dict[str, Any]] = None
+    built_from: Optional[str] = None
+    flags: Optional[List[str]] = None
+    trtexec: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.precision, PRECISIONS, "precision")
+        check_choice(self.format, FORMATS, "format")
+        check_choice(self.part, PARTS, "part")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The whole ``manifest.json`` (schema version 1); :func:`read_manifest` checks a file against it."""
+
+    schema_version: int
+    name: str
+    classes: List[str]
+    input: InputSpec
+    output: OutputSpec
+    preprocess: PreprocessConfig
+    models: List[ModelEntry]
+    files: Dict[str, str]
+    tools: Dict[str, str]
+    gate: Optional[Dict[str, Any]] = None
+    source: Dict[str, Any] = field(default_factory=dict)
+    created: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ConfigError("classes: expected a non-empty list of class names, got []")
+        if not self.models:
+            raise ConfigError("models: expected at least one model entry, got []")
+        for i, entry in enumerate(self.models):
+            if entry.file not in self.files:
+                raise ConfigError("models[%d].file: %r has no hash in 'files'" % (i, entry.file))
 
 
 def model_entry(
@@ -98,41 +162,17 @@ def write_manifest(bundle_dir: PathLike, manifest: Dict[str, Any], extra_files: 
 
 
 def _validate(m: Dict[str, Any], where: Path) -> None:
-    for key, typ in _REQUIRED.items():
-        if key not in m:
-            raise BundleError("%s: missing field %r" % (where, key))
-        if not isinstance(m[key], typ) or (typ is int and isinstance(m[key], bool)):
-            raise BundleError("%s: field %r must be %s, got %s" % (where, key, typ.__name__, type(m[key]).__name__))
-    for key, typ in _OPTIONAL.items():
-        if key in m and not isinstance(m[key], typ):
-            raise BundleError("%s: field %r has the wrong type %s" % (where, key, type(m[key]).__name__))
-    unknown = sorted(set(m) - set(_REQUIRED) - set(_OPTIONAL))
-    if unknown:
-        raise BundleError("%s: unknown field(s) %s" % (where, unknown))
-    if m["schema_version"] != SCHEMA_VERSION:
+    """Check a manifest dict against :class:`Manifest`; a :class:`BundleError` names the file and the field."""
+    version = m.get("schema_version")
+    if version != SCHEMA_VERSION and isinstance(version, int) and not isinstance(version, bool):
         raise BundleError(
             "%s: schema_version %r is not supported (this runtime reads %d); re-export the bundle"
-            % (where, m["schema_version"], SCHEMA_VERSION)
+            % (where, version, SCHEMA_VERSION)
         )
-    if not m["classes"] or not all(isinstance(c, str) for c in m["classes"]):
-        raise BundleError("%s: field 'classes' must be a non-empty list of names" % where)
-    for k in ("name", "shape"):
-        if k not in m["input"]:
-            raise BundleError("%s: field 'input.%s' is missing" % (where, k))
-    if "name" not in m["output"]:
-        raise BundleError("%s: field 'output.name' is missing" % where)
     try:
-        PreprocessConfig.from_dict(m["preprocess"], where="%s: preprocess" % where)
-    except Exception as e:  # ConfigError -> BundleError, same message
-        raise BundleError(str(e)) from None
-    if not m["models"]:
-        raise BundleError("%s: field 'models' is empty" % where)
-    for i, entry in enumerate(m["models"]):
-        if not isinstance(entry, dict) or not {"file", "precision", "format", "part"} <= set(entry):
-            raise BundleError("%s: models[%d] needs file, precision, format and part" % (where, i))
-        model_entry(entry["file"], entry["precision"], entry["format"], entry["part"])
-        if entry["file"] not in m["files"]:
-            raise BundleError("%s: models[%d] file %r has no hash in 'files'" % (where, i, entry["file"]))
+        from_dict(Manifest, m, "")
+    except ConfigError as e:
+        raise BundleError("%s: %s" % (where, e)) from None
 
 
 def read_manifest(bundle_dir: PathLike, verify_hashes: bool = True) -> Dict[str, Any]:

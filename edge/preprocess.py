@@ -19,12 +19,13 @@ Conventions (tested, not assumed):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
+from .config import check_choice, check_range, from_dict, to_dict
 from .errors import ConfigError, SignguardError
 
 Box = Tuple[float, float, float, float]
@@ -42,27 +43,23 @@ class PreprocessConfig:
     square: bool = True
 
     def __post_init__(self) -> None:
+        # from_dict has checked the types; these checks also cover direct construction (PreprocessConfig(**d)).
         if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) or self.input_size < 8:
-            raise ConfigError("preprocess.input_size: expected an integer >= 8, got %r" % (self.input_size,))
-        if self.color_order not in COLOR_ORDERS:
-            raise ConfigError("preprocess.color_order: expected one of %s, got %r" % (COLOR_ORDERS, self.color_order))
-        if not isinstance(self.roi_margin, (int, float)) or not 0.0 <= float(self.roi_margin) < 1.0:
-            raise ConfigError("preprocess.roi_margin: expected a number in [0, 1), got %r" % (self.roi_margin,))
+            raise ConfigError("input_size: expected an integer >= 8, got %r" % (self.input_size,))
+        check_choice(self.color_order, COLOR_ORDERS, "color_order")
+        if not isinstance(self.roi_margin, (int, float)) or isinstance(self.roi_margin, bool):
+            raise ConfigError("roi_margin: expected a number in [0, 1), got %r" % (self.roi_margin,))
+        check_range(self.roi_margin, "roi_margin", 0.0, 1.0, hi_open=True)
         if not isinstance(self.square, bool):
-            raise ConfigError("preprocess.square: expected true/false, got %r" % (self.square,))
+            raise ConfigError("square: expected true or false, got %r" % (self.square,))
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], where: str = "preprocess") -> PreprocessConfig:
-        if not isinstance(data, dict):
-            raise ConfigError("%s: expected a mapping, got %s" % (where, type(data).__name__))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError("%s: unknown field(s) %s (known: %s)" % (where, unknown, sorted(known)))
-        return cls(**data)
+        """Build from a mapping (a manifest's or checkpoint's ``preprocess``); errors name ``where.field``."""
+        return from_dict(cls, data, where)
 
     def with_color_order(self, color_order: str) -> PreprocessConfig:
         return PreprocessConfig(self.input_size, color_order, self.roi_margin, self.square)

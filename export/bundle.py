@@ -79,7 +79,9 @@ def export_bundle(
     graphs: str = "one",
     quantizer: str = "onnxruntime",
 ) -> Path:
-    """Export ``model`` (a module, or an ordered ``{part: module}`` mapping) to a bundle in ``out_dir``.
+    """Export ``model`` (a module, an ordered ``{part: module}`` mapping, or a defended model whose ``parts()``
+    gives that mapping) to a bundle in ``out_dir``: ``graphs="one"`` fuses the parts, ``"separate"`` writes one
+    graph per part.
 
     ``precisions`` from fp32/fp16/int8 (fp32 is always written: the others are measured against it);
     int8 needs ``calib_x`` (preprocessed images, see :mod:`calib.dataset`), quantized by ``quantizer``
@@ -97,6 +99,8 @@ def export_bundle(
         raise SignguardError("export: int8 needs a calibration set (calib_x); see calib.dataset")
     if graphs not in GRAPHS:
         raise SignguardError(f"export: graphs must be one of {GRAPHS}, got {graphs!r}")
+    if hasattr(model, "parts"):  # a defended model: purifier / rectifier (+ detector) / classifier
+        model = model.parts()
     parts: Mapping[str, Any] = dict(model) if isinstance(model, Mapping) else {"model": model}
     if graphs == "one" and len(parts) > 1:
         parts = {"model": torch.nn.Sequential(*parts.values())}

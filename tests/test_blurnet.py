@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from train.config import DefenseConfig
+from train.defenses import DefenseStack
 from train.defenses.blurnet import (
     difference_pinv,
     linf_depthwise_penalty,
-    make_penalty,
     moving_average_matrix,
     tikhonov_hf,
     tikhonov_pseudo,
@@ -67,13 +66,29 @@ def test_linf_penalty_is_sum_of_channel_maxima():
     assert linf_depthwise_penalty(model).item() == pytest.approx(2.5)
 
 
-def test_make_penalty_selects_the_term():
-    assert make_penalty(DefenseConfig(kind="none")) is None
-    assert make_penalty(DefenseConfig(kind="gaussian", sigma=0.1)) is None
-    assert make_penalty(DefenseConfig(kind="blur", kernel_size=3, learnable=False, alpha=0.1)) is None
-    f = torch.randn(2, 3, 16, 16)
-    pen = make_penalty(DefenseConfig(kind="tv", alpha=0.5))
-    assert pen(None, f).item() == pytest.approx(0.5 * total_variation(f).item())
+def _loss(defense: dict, model, x):
+    """The defense's extra training loss on ``x`` through the registry, as the trainer computes it."""
+    stack = DefenseStack.from_config(defense)
+    logits, aux = stack.forward(model, x)
+    return stack.loss(model, x, None, logits, aux)
+
+
+def test_registry_selects_the_term():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    plain = create_model("lisa_cnn_tiny", num_classes=4)
+    assert _loss({"kind": "none"}, plain, x) is None
+    assert _loss({"kind": "gaussian", "sigma": 0.1}, plain, x) is None
+    fixed = create_model("lisa_cnn_tiny", num_classes=4, blur_kernel=3, blur_learnable=False)
+    assert _loss({"kind": "blur", "kernel_size": 3, "learnable": False, "alpha": 0.1}, fixed, x) is None
+    assert _loss({"kind": "tv", "alpha": 0.0}, plain, x) is None
+    expected = 0.5 * total_variation(plain.features1(x)).item()
+    assert _loss({"kind": "tv", "alpha": 0.5}, plain, x).item() == pytest.approx(expected)
+    learn = create_model("lisa_cnn_tiny", num_classes=4, blur_kernel=3)
+    assert _loss({"kind": "blur", "kernel_size": 3, "alpha": 0.1}, learn, x).item() == pytest.approx(
+        0.1 * linf_depthwise_penalty(learn).item())
+    assert DefenseStack.from_config({"kind": "tik_hf", "alpha": 1e-4}).attack_regularizer() is not None
+    assert DefenseStack.from_config({"kind": "blur"}).attack_regularizer() is None
 
 
 def test_tv_training_lowers_feature_map_tv():
@@ -86,12 +101,13 @@ def test_tv_training_lowers_feature_map_tv():
         torch.manual_seed(1)
         model = create_model("lisa_cnn_tiny", num_classes=4)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        pen = make_penalty(DefenseConfig(kind="tv", alpha=alpha))
+        stack = DefenseStack.from_config({"kind": "tv", "alpha": alpha})
         for _ in range(40):
-            f = model.features1(x)
-            loss = torch.nn.functional.cross_entropy(model.head(f), y)
-            if pen is not None:
-                loss = loss + pen(model, f)
+            logits, aux = stack.forward(model, x)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            reg = stack.loss(model, x, y, logits, aux)
+            if reg is not None:
+                loss = loss + reg
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from edge.preprocess import PreprocessConfig
 from export.bundle import export_bundle
-from train.cli import COMMANDS, main
+from signguard.cli import COMMANDS, main
 from train.models import create_model
 
 
@@ -76,5 +77,17 @@ def test_wrong_hash_bundle_is_one_line(bundle, tmp_path, capsys):
 
 
 def test_module_entry_point_runs():
-    r = subprocess.run([sys.executable, "-m", "train", "--help"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "signguard", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_missing_extra_is_one_line_and_exit_2(tmp_path):
+    """As on an [edge]-only install: torch absent -> the install hint, exit 2, no traceback."""
+    code = ("import sys; sys.modules['torch'] = None; from signguard.cli import main; "
+            "sys.exit(main(['train', '--config', 'configs/baseline.yaml']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "needs the train extra (missing: torch)" in lines[0] and "pip install 'signguard[train]'" in lines[0]

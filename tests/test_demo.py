@@ -2,7 +2,7 @@
 
 import pytest
 
-from train.demo import run_demo
+from signguard.demo import run_demo
 
 
 @pytest.mark.slow

@@ -223,29 +223,54 @@ def test_sticker_is_validated() -> None:
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        ({"min_side": 4}, "render.min_side"),
-        ({"min_side": 50, "max_side": 40}, "render.max_side"),
-        ({"max_side": 64.5}, "render.max_side"),
-        ({"sign_fraction": (0.8, 0.5)}, "render.sign_fraction"),
-        ({"brightness": (0.0, 1.0)}, "render.brightness"),
-        ({"jpeg_quality": (10, 101)}, "render.jpeg_quality"),
-        ({"p_post": 1.5}, "render.p_post"),
-        ({"p_jpeg": True}, "render.p_jpeg"),
-        ({"max_yaw": -1.0}, "render.max_yaw"),
-        ({"max_noise": float("nan")}, "render.max_noise"),
-        ({"appearance_jitter": "yes"}, "render.appearance_jitter"),
+        ({"min_side": 4}, "min_side"),
+        ({"min_side": 50, "max_side": 40}, "max_side"),
+        ({"max_side": 64.5}, "max_side"),
+        ({"sign_fraction": (0.8, 0.5)}, "sign_fraction"),
+        ({"brightness": (0.0, 1.0)}, "brightness"),
+        ({"jpeg_quality": (10, 101)}, "jpeg_quality"),
+        ({"p_post": 1.5}, "p_post"),
+        ({"p_jpeg": True}, "p_jpeg"),
+        ({"max_yaw": -1.0}, "max_yaw"),
+        ({"max_noise": float("nan")}, "max_noise"),
+        ({"appearance_jitter": "yes"}, "appearance_jitter"),
     ],
 )
 def test_render_config_rejects_bad_values(kwargs: dict, field: str) -> None:
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    """Direct construction: the message starts with the bare field name (from_dict prefixes the path)."""
+    with pytest.raises(ConfigError, match="^%s: expected " % field):
         RenderConfig(**kwargs)
 
 
 def test_render_config_round_trips_and_rejects_unknown_fields() -> None:
     cfg = RenderConfig(min_side=24, brightness=(0.5, 1.0))
     assert RenderConfig.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()}) == cfg
-    with pytest.raises(ConfigError, match="unknown field"):
+    with pytest.raises(ConfigError, match=r"^render: unknown field\(s\) \['min_sid'\]"):
         RenderConfig.from_dict({"min_sid": 20})
+    with pytest.raises(ConfigError, match=r"^data\.render: unknown field"):
+        RenderConfig.from_dict({"min_sid": 20}, where="data.render")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"min_side": 4}, r"^render\.min_side: expected an integer in \[8, 4096\], got 4$"),
+        ({"min_side": "20"}, r"^render\.min_side: expected an integer, got '20'$"),
+        ({"jpeg_quality": [10.5, 90]}, r"^render\.jpeg_quality\[0\]: expected an integer, got 10\.5$"),
+        ({"brightness": [0.5]}, r"^render\.brightness: expected 2 items, got 1$"),
+        ({"p_jpeg": True}, r"^render\.p_jpeg: expected a number, got True$"),
+        ({"appearance_jitter": "yes"}, r"^render\.appearance_jitter: expected true or false, got 'yes'$"),
+    ],
+)
+def test_render_config_from_dict_names_the_dotted_path(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RenderConfig.from_dict(data)
+
+
+def test_render_config_from_dict_coerces_yaml_values() -> None:
+    cfg = RenderConfig.from_dict({"max_yaw": 30, "brightness": ["0.5", 1], "jpeg_quality": [40, 90]})
+    assert cfg.max_yaw == 30.0 and isinstance(cfg.max_yaw, float)
+    assert cfg.brightness == (0.5, 1.0) and cfg.jpeg_quality == (40, 90)
 
 
 def test_bad_class_rng_and_pose_are_refused() -> None:

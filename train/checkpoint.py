@@ -23,6 +23,7 @@ from torch import nn
 from edge.errors import SignguardError
 from edge.fileio import atomic_write_bytes, atomic_write_json, sha256_file
 
+from .defenses import LEGACY_FIELDS, DefenseStack
 from .models import create_model
 
 FORMAT = "signguard-checkpoint"
@@ -88,6 +89,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise SignguardError(f"{weights}: SHA-256 does not match {sidecar.name}; refusing to load")
     arch = meta["architecture"]
     model = create_model(arch["name"], **arch.get("options", {}))
+    model = DefenseStack.from_config(meta.get("defense", {"kind": "none"}), f"{sidecar}: defense",
+                                     ignore=LEGACY_FIELDS).wrap(model)  # parts in front of the classifier
     state = st_load(weights.read_bytes())
     try:
         model.load_state_dict(state, strict=True)

@@ -3,8 +3,14 @@
 Deterministic under the recipe's seed (per-epoch shuffles come from a
 generator seeded by (seed, epoch), the LR follows a closed-form cosine of the
 epoch), so ``--resume`` after an interruption continues exactly where the
-last completed epoch left off.  Every epoch writes the checkpoint and the
-training state atomically and appends one flushed JSON line to ``log.jsonl``.
+last completed epoch left off, and resuming a finished run returns its
+recorded metrics.  Every epoch writes the checkpoint and the training state
+atomically and appends one flushed JSON line to ``log.jsonl``.
+
+The loop knows no defense by name: the recipe's defenses
+(:class:`train.defenses.DefenseStack`) shape the model, choose what trains,
+transform each batch and add loss terms.  Under ``torchrun`` the same loop
+runs with DistributedDataParallel (:mod:`train.distributed`).
 """
 
 from __future__ import annotations
@@ -24,22 +30,16 @@ from torch import nn
 from edge.errors import SignguardError
 from edge.fileio import atomic_write_text
 
+from . import distributed as D
 from .attacks.base import batched_predict
-from .checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from .checkpoint import load_checkpoint, load_train_state, read_sidecar, save_checkpoint, save_train_state
 from .config import Recipe
 from .data.datasets import DataBundle, Split, load_data
-from .defenses.blurnet import make_penalty, model_options
+from .defenses import DefenseStack, Step, classifier_of
 from .models import create_model
+from .progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SignguardError(f"optim.device: {name!r} requested but CUDA is not available")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -73,17 +73,42 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return ((x.clamp(1e-6, 1) ** gamma - mean) * contrast + mean + bias).clamp(0, 1)
 
 
-def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
-    return create_model(recipe.model.name, **model_arch_options(recipe, num_classes))
+def build_model(recipe: Recipe, num_classes: int, stack: DefenseStack | None = None) -> nn.Module:
+    """The recipe's classifier (with the options its defenses add), started from ``model.init`` when given, and
+    wrapped in the parts its defenses put in front of it."""
+    stack = stack or recipe.defenses()
+    model = create_model(recipe.model.name, **model_arch_options(recipe, num_classes, stack))
+    if recipe.model.init:
+        init, meta = load_checkpoint(recipe.model.init)
+        try:
+            model.load_state_dict(classifier_of(init).state_dict(), strict=True)
+        except RuntimeError as e:
+            raise SignguardError(f"model.init: {recipe.model.init} ({meta['architecture']['name']}) does not fit "
+                                 f"{recipe.model.name}: {str(e).splitlines()[0]}") from None
+    return stack.wrap(model)
 
 
-def model_arch_options(recipe: Recipe, num_classes: int) -> dict[str, Any]:
-    """Builder options of a recipe's model (recorded in the checkpoint sidecar)."""
-    return {"num_classes": num_classes, "input_norm": recipe.model.input_norm, **model_options(recipe.defense)}
+def model_arch_options(recipe: Recipe, num_classes: int, stack: DefenseStack | None = None) -> dict[str, Any]:
+    """Builder options of a recipe's classifier (recorded in the checkpoint sidecar)."""
+    stack = stack or recipe.defenses()
+    return {"num_classes": num_classes, "input_norm": recipe.model.input_norm, **stack.model_options()}
 
 
 def _cosine_lr(base: float, epoch: int, epochs: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def _finished_metrics(run_dir: Path, epochs: int) -> dict[str, Any] | None:
+    """The recorded final metrics of a run that completed every epoch, or None."""
+    try:
+        state = json.loads((run_dir / "train_state.json").read_text(encoding="utf-8"))
+        _, meta = read_sidecar(run_dir / "model.json")
+    except (OSError, ValueError, SignguardError):
+        return None
+    metrics = meta.get("metrics", {})
+    if state.get("epoch", -1) + 1 >= epochs and "test_acc" in metrics:
+        return metrics
+    return None
 
 
 def train(
@@ -93,34 +118,45 @@ def train(
     progress: bool = True,
     data: DataBundle | None = None,
 ) -> dict[str, Any]:
-    """Train ``recipe`` into ``run_dir``; returns the final metrics (also in ``model.json``)."""
-    from tqdm import tqdm
+    """Train ``recipe`` into ``run_dir``; returns the final metrics (also in ``model.json``).
 
+    With ``resume``, a run that finished returns its recorded metrics without touching the folder.
+    """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     o = recipe.optim
+    if resume:
+        done = _finished_metrics(run_dir, o.epochs)
+        if done is not None:
+            log.info("%s: already finished; returning its recorded metrics", run_dir)
+            return done
+    world, device = D.init_world(o.device)
+    try:
+        return _train(recipe, run_dir, resume, progress and world.is_main, data, world, device)
+    finally:
+        D.close(world)
+
+
+def _train(recipe: Recipe, run_dir: Path, resume: bool, progress: bool, data: DataBundle | None,
+           world: D.World, device: torch.device) -> dict[str, Any]:
+    o = recipe.optim
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if o.num_threads:
         torch.set_num_threads(o.num_threads)
-    device = resolve_device(o.device)
     torch.manual_seed(o.seed)
     pp = recipe.preprocess_cfg()
     data = data or load_data(recipe.data, pp, progress=progress)
 
-    model = build_model(recipe, len(data.classes)).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    stack = recipe.defenses()
+    model = build_model(recipe, len(data.classes), stack).to(device)
+    params = stack.trainable(model)
     betas, eps = (0.9, 0.999), 1e-8  # BlurNet Sec. II-C
     opt = (
         torch.optim.AdamW(params, lr=o.lr, betas=betas, eps=eps, weight_decay=o.weight_decay)
         if o.weight_decay > 0
         else torch.optim.Adam(params, lr=o.lr, betas=betas, eps=eps)
     )
-    penalty = make_penalty(recipe.defense)
-    attack = None
-    if recipe.defense.kind == "pgd_at":
-        from .attacks.pgd import PGD
-
-        d = recipe.defense
-        attack = PGD(model, eps=d.eps, alpha=d.step_size, steps=d.attack_steps, batch_size=len(data.train.y))
+    stack.setup(model, device)
     start, best, prior_s = 0, -1.0, 0.0  # prior_s: training seconds spent before a resume
     if resume and (run_dir / "train_state.json").is_file():
         state_model, _ = load_checkpoint(run_dir / "last.json", device=device)
@@ -130,19 +166,21 @@ def train(
         log.info("resuming %s at epoch %d", run_dir, start)
     elif resume:
         log.warning("--resume: no training state in %s, starting from scratch", run_dir)
-    atomic_write_text(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
+    if world.is_main:
+        atomic_write_text(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
 
     meta = {
-        "architecture": {
-            "name": recipe.model.name,
-            "options": model_arch_options(recipe, len(data.classes)),
-        },
-        "defense": recipe.to_dict()["defense"],
+        "architecture": {"name": recipe.model.name, "options": model_arch_options(recipe, len(data.classes), stack)},
+        "defense": recipe.defense,
         "classes": data.classes,
         "preprocess": pp.to_dict(),
         "recipe": recipe.to_dict(),
         "data_hash": data.data_hash,
     }
+    step_model = _StepModule(model, stack)
+    if world.distributed:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None)
     xtr = torch.as_tensor(data.train.x)
     ytr = torch.as_tensor(data.train.y)
     real = recipe.data.kind != "synthetic" and recipe.data.augment
@@ -152,56 +190,54 @@ def train(
         for g in opt.param_groups:
             g["lr"] = _cosine_lr(o.lr, epoch, o.epochs)
         gen = torch.Generator().manual_seed(o.seed * 100003 + epoch)
-        perm = torch.randperm(len(ytr), generator=gen)
-        tot = {"loss": 0.0, "reg": 0.0, "correct": 0, "n": 0}
-        bar = tqdm(range(0, len(perm), o.batch_size), desc=f"{recipe.name} epoch {epoch + 1}/{o.epochs}",
-                   disable=not progress, leave=False)
+        perm = D.shard(torch.randperm(len(ytr), generator=gen), world)
+        tot = [0.0, 0.0, 0.0, 0.0]  # loss sum, regulariser sum, correct, n
+        bar = progress_bar(range(0, len(perm), o.batch_size), f"{recipe.name} epoch {epoch + 1}/{o.epochs}",
+                           progress, leave=False)
         for i in bar:
             idx = perm[i : i + o.batch_size]
             xb, yb = xtr[idx], ytr[idx]
             if real:
                 xb = augment(xb, gen)
-            if recipe.defense.kind == "gaussian":
-                xb = xb + recipe.defense.sigma * torch.randn(xb.shape, generator=gen)
-            elif attack is not None:
-                k = max(1, int(round(recipe.defense.adv_fraction * len(xb))))
-                seed = o.seed * 1_000_003 + epoch * 10_007 + i
-                xb = torch.cat([attack.generate(xb[:k].to(device), yb[:k].to(device), seed=seed).cpu(), xb[k:]])
+            xb, yb = stack.transform(model, xb, yb, Step(epoch, i, o.seed, gen, device))
             xb, yb = xb.to(device), yb.to(device)
-            f1 = model.features1(xb)
-            logits = model.head(f1)
+            logits, aux = step_model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=o.label_smoothing)
-            reg = penalty(model, f1) if penalty is not None else torch.zeros((), device=device)
+            reg = stack.loss(model, xb, yb, logits, aux)
             opt.zero_grad(set_to_none=True)
-            (loss + reg).backward()
+            (loss if reg is None else loss + reg).backward()
             opt.step()
-            tot["loss"] += float(loss.detach()) * len(yb)
-            tot["reg"] += float(reg.detach()) * len(yb)
-            tot["correct"] += int((logits.argmax(1) == yb).sum())
-            tot["n"] += len(yb)
-            bar.set_postfix(loss=f"{tot['loss'] / tot['n']:.3f}", acc=f"{tot['correct'] / tot['n']:.3f}")
+            n = len(yb)
+            tot[0] += float(loss.detach()) * n
+            tot[1] += float(reg.detach()) * n if reg is not None else 0.0
+            tot[2] += int((logits.argmax(1) == yb).sum())
+            tot[3] += n
+            bar.set_postfix(loss=f"{tot[0] / tot[3]:.3f}", acc=f"{tot[2] / tot[3]:.3f}")
+        tot = D.all_sum(tot, world, device)
         val_acc = accuracy(model, data.val, device)
         rec = {
             "epoch": epoch,
             "lr": opt.param_groups[0]["lr"],
-            "train_loss": tot["loss"] / tot["n"],
-            "train_reg": tot["reg"] / tot["n"],
-            "train_acc": tot["correct"] / tot["n"],
+            "train_loss": tot[0] / tot[3],
+            "train_reg": tot[1] / tot[3],
+            "train_acc": tot[2] / tot[3],
             "val_acc": val_acc,
             "elapsed_s": round(time.time() - t0, 2),
         }
-        with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-        log.info("%s epoch %d: %s", recipe.name, epoch + 1, rec)
-        if progress:
-            print(f"  {recipe.name} epoch {epoch + 1}/{o.epochs}: loss {rec['train_loss']:.3f} "
-                  f"train acc {rec['train_acc']:.3f} val acc {val_acc:.3f}", flush=True)
-        if val_acc >= best:
-            best = val_acc
-            save_checkpoint(run_dir / "model", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
-        save_checkpoint(run_dir / "last", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
-        save_train_state(run_dir, opt, epoch, {"best_val": best, "train_time_s": time.time() - t0})
+        if world.is_main:
+            with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+            log.info("%s epoch %d: %s", recipe.name, epoch + 1, rec)
+            if progress:
+                print(f"  {recipe.name} epoch {epoch + 1}/{o.epochs}: loss {rec['train_loss']:.3f} "
+                      f"train acc {rec['train_acc']:.3f} val acc {val_acc:.3f}", flush=True)
+            if val_acc >= best:
+                save_checkpoint(run_dir / "model", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
+            save_checkpoint(run_dir / "last", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
+            save_train_state(run_dir, opt, epoch, {"best_val": max(best, val_acc), "train_time_s": time.time() - t0})
+        best = max(best, val_acc)
+    D.barrier(world)  # rank 0 has written the best checkpoint
 
     model, final_meta = load_checkpoint(run_dir / "model.json", device=device)
     metrics = {
@@ -211,5 +247,19 @@ def train(
         "train_time_s": round(time.time() - t0, 1),
         "best_epoch": final_meta["epoch"],
     }
-    save_checkpoint(run_dir / "model", model, {**meta, "epoch": final_meta["epoch"], "metrics": metrics})
+    if world.is_main:
+        save_checkpoint(run_dir / "model", model, {**meta, "epoch": final_meta["epoch"], "metrics": metrics})
+    D.barrier(world)
     return metrics
+
+
+class _StepModule(nn.Module):
+    """The training forward pass as a module, so DistributedDataParallel wraps whatever forward the defenses
+    define (e.g. BlurNet's pass that also returns the first-layer maps), not only ``model(x)``."""
+
+    def __init__(self, model: nn.Module, stack: DefenseStack):
+        super().__init__()
+        self.model, self.stack = model, stack
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.stack.forward(self.model, x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from edge.backends import OrtBackend, make_backend, resolve_providers, softmax, topk
 from edge.bundle import load_bundle
 from edge.errors import BundleError, SignguardError
+from edge.manifest import read_manifest, write_manifest
 from edge.preprocess import PreprocessConfig
 
 from .helpers import TensorProto, helper, numpy_forward, random_weights
@@ -70,6 +72,64 @@ def test_unknown_schema_version(tiny_bundle: Path) -> None:
     (tiny_bundle / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="schema_version 99 is not supported"):
         load_bundle(tiny_bundle)
+
+
+def _edit_manifest(bundle: Path, edit) -> str:
+    """Apply ``edit`` to the bundle's manifest.json; return the path that errors name."""
+    path = bundle / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(gaet=None), r"unknown field\(s\) \['gaet'\]"),
+        (lambda m: m["models"][0].update(precision="fp64"),
+         r"models\[0\]\.precision: expected one of \['fp32', 'fp16', 'int8'\], got 'fp64'"),
+        (lambda m: m["models"][1].update(fromat="onnx"), r"models\[1\]: unknown field\(s\) \['fromat'\]"),
+        (lambda m: m["models"][0].update(opset="17"), r"models\[0\]\.opset: expected an integer, got '17'"),
+        (lambda m: m["models"][0].pop("part"), r"models\[0\]: missing field\(s\) \['part'\]"),
+        (lambda m: m["input"].update(shape=[-1, 3, "32", 32]), r"input\.shape\[2\]: expected an integer, got '32'"),
+        (lambda m: m["output"].pop("name"), r"output: missing field\(s\) \['name'\]"),
+        (lambda m: m["preprocess"].update(input_size=4), r"preprocess\.input_size: expected an integer >= 8, got 4"),
+        (lambda m: m["preprocess"].update(colour="RGB"), r"preprocess: unknown field\(s\) \['colour'\]"),
+        (lambda m: m.update(classes=["a", 2]), r"classes\[1\]: expected a string, got 2"),
+        (lambda m: m.update(classes=[]), r"classes: expected a non-empty list"),
+        (lambda m: m.update(models=[]), r"models: expected at least one model entry"),
+        (lambda m: m["files"].pop("model.onnx"), r"models\[0\]\.file: 'model\.onnx' has no hash in 'files'"),
+        (lambda m: m.pop("tools"), r"missing field\(s\) \['tools'\]"),
+        (lambda m: m.update(schema_version="1"), r"schema_version: expected an integer, got '1'"),
+        (lambda m: m.update(gate=[]), r"gate: expected a mapping, got \[\]"),
+    ],
+)
+def test_manifest_schema_errors_name_the_file_and_the_field(tiny_bundle: Path, edit, message: str) -> None:
+    where = _edit_manifest(tiny_bundle, edit)
+    with pytest.raises(BundleError, match="^" + re.escape(where + ": ") + message):
+        read_manifest(tiny_bundle, verify_hashes=False)
+
+
+def test_manifest_optional_fields_and_engine_metadata_are_accepted(tiny_bundle: Path) -> None:
+    def edit(m: dict) -> None:
+        m.update(gate={"kind": "dct-svm"}, created="2024-01-01T00:00:00+00:00", source={"checkpoint": "x"},
+                 extra={"graphs": "one"})
+        m["models"][0].update(opset=17, parity={"n": 8, "max_abs_diff": 1e-6}, quantization={"method": "entropy"})
+        m["models"][1].update(trt_version="8.6.1", gpu="Orin", cache_key="abc", flags=["FP16"], quantization="qdq",
+                              profile={"input": "images", "min": [1, 3, 32, 32]}, built_from="model.onnx")
+
+    _edit_manifest(tiny_bundle, edit)
+    m = read_manifest(tiny_bundle)
+    assert m["gate"] == {"kind": "dct-svm"} and m["models"][1]["flags"] == ["FP16"]
+    assert isinstance(m, dict) and m["input"]["range"] == [0, 1]  # the plain JSON, not coerced dataclasses
+
+
+def test_write_manifest_refuses_an_invalid_manifest(tiny_bundle: Path) -> None:
+    m = read_manifest(tiny_bundle)
+    m["models"][0]["precison"] = "fp32"
+    with pytest.raises(BundleError, match=r"manifest\.json: models\[0\]: unknown field\(s\) \['precison'\]"):
+        write_manifest(tiny_bundle, m)
 
 
 def test_missing_manifest_and_folder(tmp_path: Path) -> None:

@@ -86,3 +86,18 @@ def test_edge_imports_and_classifies_without_torch(colour_bundle: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "ok-torch-free" in proc.stdout
+
+
+def test_training_subcommand_on_an_edge_only_install_names_the_extra() -> None:
+    """The device's install has no torch: `signguard train` is one line naming the extra, exit 2."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here; this runs in the torch-free venvs of .ci/edge_pythons.sh")
+    r = subprocess.run([sys.executable, "-m", "signguard", "train", "--config", "configs/baseline.yaml"],
+                       capture_output=True, text=True, timeout=120, cwd=str(REPO),
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "needs the train extra (missing: torch" in lines[0] and "pip install 'signguard[train]'" in lines[0]

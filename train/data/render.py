@@ -19,12 +19,13 @@ numpy + OpenCV only; every random draw comes from the generator passed in.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
 
+from edge.config import from_dict
 from edge.errors import ConfigError, SignguardError
 
 from . import scene
@@ -104,8 +105,10 @@ class RenderConfig:
     appearance_jitter: bool = True
 
     def __post_init__(self) -> None:
+        # from_dict has checked the types; these checks also cover direct construction (RenderConfig(**kw),
+        # RenderConfig.clean(...)), so they still refuse non-numbers and bools where numbers are expected.
         def bad(name: str, expected: str) -> ConfigError:
-            return ConfigError("render.%s: expected %s, got %r" % (name, expected, getattr(self, name)))
+            return ConfigError("%s: expected %s, got %r" % (name, expected, getattr(self, name)))
 
         for name in ("min_side", "max_side"):
             v = getattr(self, name)
@@ -134,7 +137,7 @@ class RenderConfig:
             if not _is_num(getattr(self, name)) or not 0.0 <= getattr(self, name) <= hi:
                 raise bad(name, "a number in [0, %g]" % hi)
         if not isinstance(self.appearance_jitter, bool):
-            raise bad("appearance_jitter", "true/false")
+            raise bad("appearance_jitter", "true or false")
 
     @classmethod
     def clean(cls, **overrides: Any) -> RenderConfig:
@@ -151,12 +154,8 @@ class RenderConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], where: str = "render") -> RenderConfig:
-        if not isinstance(data, dict):
-            raise ConfigError("%s: expected a mapping, got %s" % (where, type(data).__name__))
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError("%s: unknown field(s) %s" % (where, unknown))
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        """Build from a mapping (YAML/JSON, lists for the ranges); errors name ``where.field``."""
+        return from_dict(cls, data, where)
 
 
 def _is_num(v: Any) -> bool:

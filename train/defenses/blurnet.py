@@ -9,17 +9,20 @@ attacker's loss.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import DefenseConfig
+from edge.config import check_range
+from edge.errors import ConfigError
+
+from .base import Defense, Regularizer, classifier_of, register_defense
 
 
 def linf_depthwise_penalty(model: nn.Module) -> torch.Tensor:
     """Eq. 2: sum over channels j of ||W_depthwise[:, :, j]||_inf."""
-    w = model.blur.conv.weight  # (K, 1, k, k)
+    w = classifier_of(model).blur.conv.weight  # (K, 1, k, k)
     return w.abs().flatten(1).amax(dim=1).sum()
 
 
@@ -77,34 +80,116 @@ def tikhonov_pseudo(f: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(weighted, ord="fro").sum() / (n * k)
 
 
-Penalty = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-FeatureRegularizer = Callable[[torch.Tensor], torch.Tensor]
+# ---------------------------------------------------------------------------- defenses
 
 
-def feature_regularizer(cfg: DefenseConfig) -> Optional[FeatureRegularizer]:
-    """The defense's smoothness term on the first-layer maps, ``R(F)`` (TV Eq. 4, Tikhonov Eq. 6-7), or None:
-    what training adds (times alpha) and what the regulariser-aware attack adds to its loss (Eq. 9-11)."""
-    if cfg.kind == "tv":
-        return total_variation
-    if cfg.kind == "tik_hf":
-        return lambda f: tikhonov_hf(f, cfg.window)
-    if cfg.kind == "tik_pseudo":
-        return tikhonov_pseudo
-    return None
+@dataclass
+class BlurConfig:
+    """Depthwise ``kernel_size`` blur after conv1; ``learnable`` under the L-inf penalty of Eq. 2 (weight
+    ``alpha``), else the fixed box blur of Sec. III."""
+
+    alpha: float = 0.0
+    kernel_size: int = 5
+    learnable: bool = True
+
+    def __post_init__(self) -> None:
+        check_range(self.alpha, "alpha", lo=0)
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size: expected an odd positive integer, got {self.kernel_size}")
 
 
-def make_penalty(cfg: DefenseConfig) -> Optional[Penalty]:
-    """The defense's training-loss term as ``penalty(model, F) -> alpha * R``, or None."""
-    if cfg.alpha == 0:
-        return None
-    if cfg.kind == "blur":
-        return (lambda model, f: cfg.alpha * linf_depthwise_penalty(model)) if cfg.learnable else None
-    reg = feature_regularizer(cfg)
-    return None if reg is None else (lambda model, f: cfg.alpha * reg(f))
+@register_defense("blur")
+class DepthwiseBlurDefense(Defense):
+    """BlurNet Sec. III: a depthwise low-pass layer on the first-layer maps, trained with the classifier."""
+
+    Config = BlurConfig
+
+    def model_options(self) -> dict:
+        return {"blur_kernel": self.cfg.kernel_size, "blur_learnable": self.cfg.learnable}
+
+    def loss(self, model, x, y, logits, aux):
+        if self.cfg.alpha == 0 or not self.cfg.learnable:
+            return None
+        return self.cfg.alpha * linf_depthwise_penalty(model)
 
 
-def model_options(cfg: DefenseConfig) -> dict:
-    """Architecture options a defense implies (only ``blur`` adds a layer)."""
-    if cfg.kind == "blur":
-        return {"blur_kernel": cfg.kernel_size, "blur_learnable": cfg.learnable}
-    return {}
+@dataclass
+class FeatureRegConfig:
+    """Weight ``alpha`` of a smoothness penalty on the conv1 feature maps."""
+
+    alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_range(self.alpha, "alpha", lo=0)
+
+
+@dataclass
+class TikHFConfig(FeatureRegConfig):
+    """``window``: width of the moving average L_avg in L_hf = I - L_avg (Eq. 6)."""
+
+    window: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window < 2:
+            raise ConfigError(f"window: expected >= 2, got {self.window}")
+
+
+class FeatureMapRegularizer(Defense):
+    """BlurNet Sec. IV: ``alpha * R(F)`` on the first-layer maps F, read through the model's
+    ``features1``/``head`` split; the same ``R`` is what the regulariser-aware attacker adds (Eq. 9-11)."""
+
+    Config = FeatureRegConfig
+
+    def regularizer(self, f: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, x: torch.Tensor):
+        net = classifier_of(model)
+        if not (hasattr(net, "features1") and hasattr(net, "head")):
+            raise ConfigError(f"defense {self.kind}: the classifier needs features1/head (first-layer maps)")
+        if net is not model:
+            x = _front(model, x)
+        f1 = net.features1(x)
+        return net.head(f1), {"features1": f1}
+
+    def loss(self, model, x, y, logits, aux):
+        return None if self.cfg.alpha == 0 else self.cfg.alpha * self.regularizer(aux["features1"])
+
+    def attack_regularizer(self) -> Regularizer:
+        return self.regularizer
+
+
+def _front(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input as the classifier of a defended model receives it (through every part in front of it)."""
+    for name, part in model.parts().items():
+        if name == "classifier":
+            break
+        x = part(x)
+    return x
+
+
+@register_defense("tv")
+class TotalVariation(FeatureMapRegularizer):
+    """Eq. 4: total variation of the conv1 maps."""
+
+    def regularizer(self, f):
+        return total_variation(f)
+
+
+@register_defense("tik_hf")
+class TikhonovHF(FeatureMapRegularizer):
+    """Eq. 6: high-frequency Tikhonov penalty ||(I - L_avg) F||_2."""
+
+    Config = TikHFConfig
+
+    def regularizer(self, f):
+        return tikhonov_hf(f, self.cfg.window)
+
+
+@register_defense("tik_pseudo")
+class TikhonovPseudo(FeatureMapRegularizer):
+    """Eq. 7: ||L_diff^+ (.) F||_2."""
+
+    def regularizer(self, f):
+        return tikhonov_pseudo(f)

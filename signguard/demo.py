@@ -27,16 +27,16 @@ def _step(i: int, text: str) -> None:
 
 def demo_recipes(quick: bool):
     """Baseline and BlurNet-TV (alpha 1e-4, Table II) at demo size."""
-    from .config import DataConfig, DefenseConfig, ModelConfig, OptimConfig, Recipe
+    from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
 
     data = DataConfig(kind="synthetic", train_per_class=120 if quick else 400, test_per_class=30 if quick else 60,
                       seed=0)
     optim = OptimConfig(epochs=3 if quick else 10, batch_size=64, lr=1e-3, seed=0)
     return [
-        Recipe(name="baseline", data=data, model=ModelConfig("lisa_cnn", "image"), defense=DefenseConfig(kind="none"),
+        Recipe(name="baseline", data=data, model=ModelConfig("lisa_cnn", "image"), defense={"kind": "none"},
                optim=optim),
         Recipe(name="blurnet_tv", data=data, model=ModelConfig("lisa_cnn", "image"),
-               defense=DefenseConfig(kind="tv", alpha=1e-4), optim=optim),
+               defense={"kind": "tv", "alpha": 1e-4}, optim=optim),
     ]
 
 
@@ -72,12 +72,11 @@ def run_demo(out_dir: Path, quick: bool = False, progress: bool = True) -> dict[
     from edge.rois import CsvRoi
     from edge.sources import open_source
     from export.bundle import export_bundle
-
-    from .checkpoint import load_checkpoint
-    from .data.classes import STOP
-    from .data.datasets import load_data
-    from .data.driveby import render_driveby
-    from .trainer import train
+    from train.checkpoint import load_checkpoint
+    from train.data.classes import STOP
+    from train.data.datasets import load_data
+    from train.data.driveby import render_driveby
+    from train.trainer import train
 
     t0 = time.time()
     out_dir = Path(out_dir)

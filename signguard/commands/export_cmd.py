@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sensitivity", type=int, default=0, metavar="N",
                    help="also write sensitivity.md: INT8 accuracy on N test images with each layer alone kept FP32")
     p.add_argument("--parity-samples", type=int, default=256, help="held-out images for the ONNX parity check")
+    p.add_argument("--graphs", default="one", choices=["one", "separate"],
+                   help="a defended model's parts (purifier/rectifier, classifier) as one graph or one per part")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -50,14 +52,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from export.bundle import export_bundle
-
-    from ..checkpoint import load_checkpoint, read_sidecar
-    from ..config import Recipe, from_dict
-    from ..data.datasets import load_data
+    from train.checkpoint import load_checkpoint, read_sidecar
+    from train.config import Recipe
+    from train.data.datasets import load_data
 
     sidecar, _ = read_sidecar(args.checkpoint)
     model, meta = load_checkpoint(sidecar)
-    recipe = from_dict(Recipe, meta["recipe"], where=f"{sidecar}: recipe")
+    recipe = Recipe.from_sidecar(meta["recipe"], where=f"{sidecar}: recipe")
     pp = recipe.preprocess_cfg()
     data = load_data(recipe.data, pp, progress=not args.quiet)
     rng = np.random.default_rng(0)
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     calib_x = calibration_set(args, data.train, pp).x if "int8" in args.precision else None
     export_bundle(model, out, meta["classes"], pp, data.test.x[idx], name=recipe.name, source=source,
                   precisions=args.precision, calib_x=calib_x, calib_method=args.calib_method,
-                  exclude_nodes=args.exclude_node, quantizer=args.quantizer)
+                  exclude_nodes=args.exclude_node, quantizer=args.quantizer, graphs=args.graphs)
     m = json.loads((out / "manifest.json").read_text())
     if args.sensitivity and calib_x is not None:
         from calib.sensitivity import sensitivity, sensitivity_markdown

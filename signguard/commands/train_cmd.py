@@ -17,8 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_recipe, parse_overrides
-    from ..trainer import train
+    from train.config import load_recipe, parse_overrides
+    from train.trainer import train
 
     recipe = load_recipe(args.config, parse_overrides(args.overrides))
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)

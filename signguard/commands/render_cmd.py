@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..data.classes import LISA_CLASSES
+    from train.data.classes import LISA_CLASSES
 
     sub = p.add_subparsers(dest="what", required=True)
     cs = sub.add_parser("contact-sheet", help="PNG grid of rendered model inputs, one row per class")
@@ -23,15 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.classes import LISA_INDEX
+    from train.data.classes import LISA_INDEX
 
     if args.what == "contact-sheet":
-        from ..data.contact_sheet import write_contact_sheet
+        from train.data.contact_sheet import write_contact_sheet
 
         path = write_contact_sheet(Path(args.out), n_per_class=args.per_class, seed=args.seed)
         print(f"contact sheet: {path}")
     else:
-        from ..data.driveby import render_driveby
+        from train.data.driveby import render_driveby
 
         d = render_driveby(Path(args.out), class_id=LISA_INDEX[args.sign], n_frames=args.frames, fps=args.fps,
                            seed=args.seed)

@@ -1,0 +1,1 @@
+"""signguard: the application (CLI, subcommands, demo).  It imports the layers; none of them imports it."""

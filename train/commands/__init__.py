@@ -1,1 +1,0 @@
-"""Thin CLI subcommands over the Python API (see :mod:`train.cli`)."""

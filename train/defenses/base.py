@@ -1,0 +1,275 @@
+"""The defense interface: one registry, one config dataclass per defense, hooks the trainer calls.
+
+Why one interface: five paper defenses (BlurNet, FRU, PRN + detector, NRP,
+Deep Defense) and the sticker defenses must train, compose, export and be
+attacked alike.  A defense touches training in at most these places, and the
+trainer calls each hook without knowing which defense it holds:
+
+* **architecture** -- :meth:`Defense.model_options` (e.g. BlurNet's depthwise
+  blur layer) and :meth:`Defense.wrap`, which puts parts in front of the
+  classifier (purifier, rectifier, detector) as a :class:`DefendedModel`;
+* **what trains** -- :meth:`Defense.trainable`: the whole classifier (joint
+  training, the default) or only the defense's own parts with the classifier
+  frozen (a rectifier's stage; start the classifier from ``model.init``);
+* **each batch** -- :meth:`Defense.transform` (input transforms, adversarial
+  example generation), :meth:`Defense.forward` (a forward pass that also
+  returns intermediate maps a loss needs) and :meth:`Defense.loss` (extra
+  loss terms);
+* **adaptive attacks** -- :meth:`Defense.attack_regularizer`, the term an
+  attacker who knows the defense adds to its loss.
+
+Adding a defense is one module with a ``@register_defense("kind")`` class and
+one import line in :mod:`train.defenses`.  Defenses compose: a recipe's
+``defense:`` may be a list, applied in order (see :class:`DefenseStack`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from edge.config import from_dict, to_dict
+from edge.errors import ConfigError
+
+Regularizer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Step:
+    """Where the trainer is: enough for a defense to draw reproducible randomness for one batch."""
+
+    epoch: int
+    index: int  # first sample of the batch in the epoch's permutation
+    seed: int  # the recipe's seed
+    generator: torch.Generator  # the epoch's generator (also drives the shuffle): consume in a fixed order
+    device: torch.device
+
+
+class Defense:
+    """Base class: every hook is a no-op, so a defense overrides only what it changes."""
+
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type] = type(None)
+    owns_forward: ClassVar[bool] = False  # True when forward() is overridden (at most one per stack)
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ architecture
+    def model_options(self) -> dict[str, Any]:
+        """Options the defense adds to the classifier's builder (recorded in the checkpoint)."""
+        return {}
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Parts in front of the classifier; returns ``model`` itself when the defense adds none."""
+        return model
+
+    def trainable(self, model: nn.Module) -> Iterator[nn.Parameter] | None:
+        """Parameters this defense's training stage updates; None = every parameter that requires grad."""
+        return None
+
+    # ------------------------------------------------------------------ training
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Called once after the model is built and moved to ``device`` (e.g. build an attack on it)."""
+
+    def transform(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: Step
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch as the defense wants it (noise, adversarial examples); CPU tensors in, out."""
+        return x, y
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training forward pass: logits and the intermediate tensors :meth:`loss` needs."""
+        return model(x), {}
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
+             aux: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Extra loss term (already weighted), or None."""
+        return None
+
+    # ------------------------------------------------------------------ attacks
+    def attack_regularizer(self) -> Regularizer | None:
+        """The defense's term on first-layer maps that a defense-aware attacker adds to its loss, or None."""
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **to_dict(self.cfg)}
+
+
+@dataclass
+class NoConfig:
+    """A defense without parameters."""
+
+
+_REGISTRY: dict[str, type[Defense]] = {}
+
+
+def register_defense(kind: str) -> Callable[[type[Defense]], type[Defense]]:
+    """Class decorator: ``@register_defense("tv")`` on a :class:`Defense` subclass with a ``Config`` dataclass."""
+
+    def deco(cls: type[Defense]) -> type[Defense]:
+        if kind in _REGISTRY:
+            raise ValueError(f"defense {kind!r} registered twice")
+        if not dataclasses.is_dataclass(cls.Config):
+            raise TypeError(f"defense {kind!r}: Config must be a dataclass")
+        cls.kind = kind
+        cls.owns_forward = cls.forward is not Defense.forward
+        _REGISTRY[kind] = cls
+        return cls
+
+    return deco
+
+
+def available_defenses() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def defense_from_dict(data: Any, where: str = "defense", ignore: tuple[str, ...] = ()) -> Defense:
+    """One defense from ``{kind: ..., <its config fields>}``; unknown kinds and fields fail with ``where``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with a 'kind', got {data!r}")
+    kind = data.get("kind", "none")
+    if kind not in _REGISTRY:
+        raise ConfigError(f"{where}.kind: expected one of {available_defenses()}, got {kind!r}")
+    cls = _REGISTRY[kind]
+    params = {k: v for k, v in data.items() if k != "kind"}
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    params = {k: v for k, v in params.items() if k in known or k not in ignore}
+    return cls(from_dict(cls.Config, params, where))
+
+
+class DefenseStack:
+    """The defenses of one recipe, applied in order: transforms chain, losses add, wraps nest.
+
+    Why a stack: a rectifier or detector goes in front of any registered classifier, and a classifier may
+    combine training-time defenses (e.g. a BlurNet layer trained with adversarial examples).
+    """
+
+    def __init__(self, defenses: list[Defense]):
+        owners = [d.kind for d in defenses if d.owns_forward]
+        if len(owners) > 1:
+            raise ConfigError(f"defense: {owners} each define the training forward pass; combine at most one")
+        self.defenses = [d for d in defenses if d.kind != "none"]
+
+    @classmethod
+    def from_config(cls, data: Any, where: str = "defense", ignore: tuple[str, ...] = ()) -> DefenseStack:
+        items = data if isinstance(data, list) else [data]
+        if isinstance(data, list) and not data:
+            raise ConfigError(f"{where}: expected a mapping or a non-empty list of mappings")
+        single = not isinstance(data, list)
+        return cls([defense_from_dict(d, where if single else f"{where}[{i}]", ignore) for i, d in enumerate(items)])
+
+    def to_config(self) -> Any:
+        """Plain data for recipes and sidecars: one mapping for a single defense, a list for a stack."""
+        items = [d.to_dict() for d in self.defenses] or [{"kind": "none"}]
+        return items[0] if len(items) == 1 else items
+
+    def model_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for d in self.defenses:
+            out.update(d.model_options())
+        return out
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        for d in self.defenses:
+            model = d.wrap(model)
+        return model
+
+    def trainable(self, model: nn.Module) -> list[nn.Parameter]:
+        chosen = [d.trainable(model) for d in self.defenses]
+        chosen = [list(c) for c in chosen if c is not None]
+        if not chosen:
+            return [p for p in model.parameters() if p.requires_grad]
+        seen: dict[int, nn.Parameter] = {}
+        for group in chosen:
+            for p in group:
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        for d in self.defenses:
+            d.setup(model, device)
+
+    def transform(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: Step
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        for d in self.defenses:
+            x, y = d.transform(model, x, y, step)
+        return x, y
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        owner = next((d for d in self.defenses if d.owns_forward), None)
+        return owner.forward(model, x) if owner is not None else (model(x), {})
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
+             aux: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        terms = [t for t in (d.loss(model, x, y, logits, aux) for d in self.defenses) if t is not None]
+        if not terms:
+            return None
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        return total
+
+    def attack_regularizer(self) -> Regularizer | None:
+        regs = [r for r in (d.attack_regularizer() for d in self.defenses) if r is not None]
+        if len(regs) > 1:
+            return lambda f: sum(r(f) for r in regs)
+        return regs[0] if regs else None
+
+
+# ---------------------------------------------------------------------------- defended model
+
+
+class DefendedModel(nn.Module):
+    """Images in [0, 1] -> logits, with named parts that export emits as one graph or one graph per part.
+
+    ``purifier`` (NRP) or ``rectifier`` (PRN) maps images to images in front of the ``classifier``.  With a
+    ``detector`` (images -> one score per image, > 0 = perturbed), the rectified image is classified only
+    where the detector fires and the original elsewhere -- PRN's decision rule, as a select inside the graph.
+    """
+
+    def __init__(self, classifier: nn.Module, purifier: nn.Module | None = None,
+                 rectifier: nn.Module | None = None, detector: nn.Module | None = None):
+        super().__init__()
+        if purifier is not None and rectifier is not None:
+            raise ConfigError("defense: a purifier and a rectifier both in front of one classifier; use one")
+        if detector is not None and rectifier is None:
+            raise ConfigError("defense: a detector selects between the input and the rectified input; "
+                              "it needs a rectifier")
+        self.purifier, self.rectifier, self.detector, self.classifier = purifier, rectifier, detector, classifier
+
+    def parts(self) -> dict[str, nn.Module]:
+        """Named parts in data order (the detector and rectifier form one gate part when both are present)."""
+        out: dict[str, nn.Module] = {}
+        if self.purifier is not None:
+            out["purifier"] = self.purifier
+        if self.rectifier is not None:
+            out["rectifier" if self.detector is None else "gate"] = (
+                self.rectifier if self.detector is None else _Gate(self.rectifier, self.detector))
+        out["classifier"] = self.classifier
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for part in self.parts().values():
+            x = part(x)
+        return x
+
+
+class _Gate(nn.Module):
+    """Rectifier + detector: R(x) where the detector's score is > 0, x elsewhere."""
+
+    def __init__(self, rectifier: nn.Module, detector: nn.Module):
+        super().__init__()
+        self.rectifier, self.detector = rectifier, detector
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fire = (self.detector(x).reshape(-1) > 0).reshape(-1, 1, 1, 1)
+        return torch.where(fire, self.rectifier(x), x)
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The classifier inside a defended model (the model itself when nothing is in front of it)."""
+    return model.classifier if isinstance(model, DefendedModel) else model
