@@ -174,3 +174,36 @@ def test_gaussian_and_pgd_at_transform_batches_reproducibly():
             k = 4  # adv_fraction 0.5: half the batch is adversarial, within the L-inf ball
             assert (outs[0][:k] - x[:k]).abs().max() <= 8 / 255 + 1e-6
             assert torch.equal(outs[0][k:], x[k:])
+
+
+class HighFrequencyDetector(nn.Module):
+    """Mean squared Laplacian of the grey image minus a threshold: > 0 on noisy images, < 0 on smooth ones."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).reshape(1, 1, 3, 3)
+        self.register_buffer("k", k)
+        self.threshold = threshold
+
+    def forward(self, x):
+        lap = nn.functional.conv2d(x.mean(1, keepdim=True), self.k)
+        return lap.pow(2).mean(dim=(1, 2, 3)) - self.threshold
+
+
+def test_gate_classifies_the_rectified_image_only_where_the_detector_fires():
+    from train.models import create_model
+
+    torch.manual_seed(0)
+    clf = create_model("lisa_cnn_tiny", num_classes=3).eval()
+    smooth = torch.linspace(0, 1, 32).reshape(1, 1, 1, 32).expand(4, 3, 32, 32).contiguous()
+    noisy = (smooth + 0.2 * torch.randn(4, 3, 32, 32)).clamp(0, 1)
+    x = torch.cat([smooth, noisy])
+    gated = DefendedModel(clf, rectifier=BoxBlur(5), detector=HighFrequencyDetector(0.01)).eval()
+    assert list(gated.parts()) == ["gate", "classifier"]
+    with torch.no_grad():
+        fired = gated.detector(x) > 0
+        assert fired.tolist() == [False] * 4 + [True] * 4
+        expected = torch.cat([clf(smooth), clf(BoxBlur(5)(noisy))])
+        assert torch.allclose(gated(x), expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="needs a rectifier"):
+        DefendedModel(clf, detector=HighFrequencyDetector(0.01))

@@ -1,9 +1,14 @@
-"""``signguard train --config configs/blurnet_tv.yaml [--set optim.epochs=5] [--resume]``"""
+"""``signguard train --config configs/blurnet_tv.yaml [--set optim.epochs=5] [--resume]``
+
+Under ``torchrun --nproc_per_node N -m signguard train ...`` the same command trains with
+DistributedDataParallel (see :mod:`train.distributed`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -23,5 +28,6 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config, parse_overrides(args.overrides))
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
     metrics = train(recipe, run_dir, resume=args.resume, progress=not args.quiet)
-    print(json.dumps({"run_dir": str(run_dir), **metrics}, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report
+        print(json.dumps({"run_dir": str(run_dir), **metrics}, indent=2))
     return 0

@@ -83,7 +83,7 @@ def render_split(
     progress: bool = True,
 ) -> Split:
     """Render ``per_class`` samples of each LISA-18 class for a split, with an on-disk cache."""
-    from tqdm import tqdm
+    from ..progress import progress as bar
 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = hashlib.sha256(repr((RENDER_CACHE_VERSION, split, per_class, seed, sorted(cfg.to_dict().items()))).encode())
@@ -102,9 +102,9 @@ def render_split(
         # One OpenCV thread per worker: the pool already uses every core.
         with mp.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             it = pool.imap(_render_one, jobs, chunksize=64)
-            out = list(tqdm(it, total=len(jobs), desc=desc, disable=not progress))
+            out = list(bar(it, desc, progress, total=len(jobs)))
     else:
-        out = [_render_one(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
+        out = [_render_one(j) for j in bar(jobs, desc, progress)]
     xu8 = np.stack(out)
     y = np.repeat(np.arange(len(LISA_CLASSES), dtype=np.int64), per_class)
 

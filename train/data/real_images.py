@@ -141,7 +141,7 @@ class LabeledImages:
             except ImportError:
                 pass
             else:
-                indices = tqdm(indices, desc="preprocess", unit="img")
+                indices = tqdm(indices, desc="preprocess", unit="img", disable=None)  # None: no bar off a terminal
         last_path, last_img = None, None  # LISA frames with several signs repeat a path back to back
         for i in indices:
             if self.paths is not None and self.paths[i] == last_path:
