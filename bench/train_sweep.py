@@ -53,10 +53,11 @@ def main() -> None:
             if args.threads:
                 over["optim.num_threads"] = args.threads
             recipe = load_recipe(path, over)
+            stack = recipe.defenses()
             t0 = time.time()
             m = train(recipe, Path(args.runs) / ds / recipe.name, resume=True, progress=False)
             results.setdefault(ds, {})[recipe.name] = {
-                **m, "defense": recipe.defense.kind, "setting": setting(recipe.defense), "seed": recipe.optim.seed,
+                **m, "defense": stack.kind, "setting": stack.describe(), "seed": recipe.optim.seed,
                 "epochs": recipe.optim.epochs, "wall_s": round(time.time() - t0, 1),
             }
             print(f"{ds:10s} {recipe.name:22s} test acc {100 * m['test_acc']:.2f}%  ({m['train_time_s']:.0f} s)",
@@ -65,17 +66,6 @@ def main() -> None:
                                   "cpus": os.cpu_count()}
             atomic_write_json(out.with_suffix(".json"), results)
             atomic_write_text(out.with_suffix(".md"), to_markdown(results))
-
-
-def setting(d) -> str:
-    """The defense's own hyper-parameter, as the papers name it."""
-    if d.kind == "gaussian":
-        return f"sigma={d.sigma:g}"
-    if d.kind == "pgd_at":
-        return f"eps={d.eps * 255:.0f}/255, {d.attack_steps} steps"
-    if d.kind == "blur":
-        return f"{d.kernel_size}x{d.kernel_size}, alpha={d.alpha:g}"
-    return f"alpha={d.alpha:g}" if d.kind != "none" else "-"
 
 
 def to_markdown(results: dict) -> str:

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from edge.errors import ConfigError
+from tests.toy_data import toy_data as _toy_data
 from train.checkpoint import load_checkpoint
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
-from train.data.datasets import DataBundle, Split
 from train.defenses import (
     DefendedModel,
     Defense,
@@ -26,19 +26,6 @@ from train.defenses.input_filter import BoxBlur
 from train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _toy_data(n=240, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def split(m):
-        y = rng.integers(0, classes, m)
-        x = rng.uniform(0, 0.3, (m, 3, 32, 32)).astype(np.float32)
-        for i, c in enumerate(y):
-            x[i, c] += 0.6
-        return Split(x.clip(0, 1), y.astype(np.int64))
-
-    return DataBundle(split(n), split(60), split(60), ["r", "g", "b"], "toyhash")
 
 
 def _recipe(defense, epochs=2, init=None):
@@ -207,3 +194,10 @@ def test_gate_classifies_the_rectified_image_only_where_the_detector_fires():
         assert torch.allclose(gated(x), expected, atol=1e-6)
     with pytest.raises(ConfigError, match="needs a rectifier"):
         DefendedModel(clf, detector=HighFrequencyDetector(0.01))
+
+
+def test_describe_names_settings_as_the_papers_do():
+    assert DefenseStack.from_config({"kind": "none"}).describe() == "-"
+    assert DefenseStack.from_config({"kind": "pgd_at"}).describe() == "eps=8/255, 7 steps"
+    stack = DefenseStack.from_config([{"kind": "input_blur", "kernel_size": 5}, {"kind": "blur", "alpha": 0.1}])
+    assert stack.kind == "input_blur+blur" and stack.describe() == "kernel_size=5; 5x5, alpha=0.1"

@@ -6,12 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from tests.toy_data import toy_data
 from train.checkpoint import load_checkpoint
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
-from train.data.datasets import DataBundle, Split
 from train.distributed import World, shard
 from train.trainer import train
 
@@ -19,24 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = '''
 import sys
-sys.path.insert(0, {tests!r})
-from test_distributed import recipe, toy_data
+sys.path.insert(0, {root!r})
+from tests.test_distributed import recipe
+from tests.toy_data import toy_data
 from train.trainer import train
-train(recipe({batch}), {out!r}, progress=False, data=toy_data())
+
+from tests.toy_data import toy_data
+train(recipe({batch}), {out!r}, progress=False, data=toy_data(256, 64))
 '''
-
-
-def toy_data(n=256, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def split(m):
-        y = rng.integers(0, classes, m)
-        x = rng.uniform(0, 0.3, (m, 3, 32, 32)).astype(np.float32)
-        for i, c in enumerate(y):
-            x[i, c] += 0.6
-        return Split(x.clip(0, 1), y.astype(np.int64))
-
-    return DataBundle(split(n), split(64), split(64), ["r", "g", "b"], "toyhash")
 
 
 def recipe(batch: int) -> Recipe:
@@ -56,7 +45,7 @@ def test_shard_is_the_distributed_sampler_split():
 def test_torchrun_two_processes_match_one_process(tmp_path):
     out = tmp_path / "ddp"
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), batch=16, out=str(out)))
+    script.write_text(SCRIPT.format(root=str(ROOT), batch=16, out=str(out)))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                              "MASTER_PORT")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -69,7 +58,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     ddp, meta = load_checkpoint(out / "last.json")
 
     # each step of two ranks x 16 samples is one step of 32 samples in one process (same permutation)
-    train(recipe(32), tmp_path / "one", progress=False, data=toy_data())
+    train(recipe(32), tmp_path / "one", progress=False, data=toy_data(256, 64))
     one, _ = load_checkpoint(tmp_path / "one" / "last.json")
     for (k, a), b in zip(ddp.state_dict().items(), one.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), k

@@ -2,29 +2,14 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from edge.errors import SignguardError
+from tests.toy_data import toy_data as _toy_data
 from train.checkpoint import load_checkpoint
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
-from train.data.datasets import DataBundle, Split
 from train.trainer import train
-
-
-def _toy_data(n=240, classes=3, seed=0):
-    """Three classes = three colours with noise: learnable in a couple of epochs."""
-    rng = np.random.default_rng(seed)
-
-    def split(m):
-        y = rng.integers(0, classes, m)
-        x = rng.uniform(0, 0.3, (m, 3, 32, 32)).astype(np.float32)
-        for i, c in enumerate(y):
-            x[i, c] += 0.6
-        return Split(x.clip(0, 1), y.astype(np.int64))
-
-    return DataBundle(split(n), split(60), split(60), ["r", "g", "b"], "toyhash")
 
 
 def _recipe(epochs=2, defense=None):

@@ -39,6 +39,9 @@ class PGDTrainingConfig:
 class PGDAdversarialTraining(Defense):
     Config = PGDTrainingConfig
 
+    def describe(self) -> str:
+        return f"eps={self.cfg.eps * 255:.0f}/255, {self.cfg.attack_steps} steps"
+
     def setup(self, model, device):
         from ..attacks.pgd import PGD
 

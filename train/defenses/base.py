@@ -95,6 +95,10 @@ class Defense:
         """The defense's term on first-layer maps that a defense-aware attacker adds to its loss, or None."""
         return None
 
+    def describe(self) -> str:
+        """The defense's hyper-parameters as the papers write them, for tables ("alpha=0.0001")."""
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in to_dict(self.cfg).items())
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **to_dict(self.cfg)}
 
@@ -161,6 +165,14 @@ class DefenseStack:
             raise ConfigError(f"{where}: expected a mapping or a non-empty list of mappings")
         single = not isinstance(data, list)
         return cls([defense_from_dict(d, where if single else f"{where}[{i}]", ignore) for i, d in enumerate(items)])
+
+    @property
+    def kind(self) -> str:
+        """``tv``, ``input_blur+tv`` (a stack), or ``none``."""
+        return "+".join(d.kind for d in self.defenses) or "none"
+
+    def describe(self) -> str:
+        return "; ".join(d.describe() for d in self.defenses) or "-"
 
     def to_config(self) -> Any:
         """Plain data for recipes and sidecars: one mapping for a single defense, a list for a stack."""

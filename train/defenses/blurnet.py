@@ -104,6 +104,10 @@ class DepthwiseBlurDefense(Defense):
 
     Config = BlurConfig
 
+    def describe(self) -> str:
+        k = self.cfg.kernel_size
+        return f"{k}x{k}, alpha={self.cfg.alpha:g}" + ("" if self.cfg.learnable else ", fixed")
+
     def model_options(self) -> dict:
         return {"blur_kernel": self.cfg.kernel_size, "blur_learnable": self.cfg.learnable}
 
