@@ -25,7 +25,7 @@ def test_help_lists_every_subcommand(capsys):
 
 def test_bad_config_field_is_one_line(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("name: x\noptim: {epochs: 2, learning_rate: 0.1}\n")
+    cfg.write_text("name: x\ndata: {}\nmodel: {}\noptim: {epochs: 2, learning_rate: 0.1}\n")
     assert main(["train", "--config", str(cfg)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -34,7 +34,7 @@ def test_bad_config_field_is_one_line(tmp_path, capsys):
 
 def test_ill_typed_config_is_one_line(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("defense: {kind: tv, alpha: lots}\n")
+    cfg.write_text("name: x\ndata: {}\nmodel: {}\noptim: {}\ndefense: {kind: tv, alpha: lots}\n")
     assert main(["train", "--config", str(cfg)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "defense.alpha" in err
@@ -91,3 +91,18 @@ def test_missing_extra_is_one_line_and_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert "needs the train extra (missing: torch)" in lines[0] and "pip install 'signguard[train]'" in lines[0]
+
+
+def test_attack_options_come_from_the_attack_class(tmp_path, capsys):
+    """`signguard attack` builds its hyper-parameter options from the attack's signature: --help quotes the
+    class default, and an option of the other universal method is one line naming the class."""
+    import inspect
+
+    from train.attacks.pgd import PGD
+
+    with pytest.raises(SystemExit):
+        main(["attack", "pgd", "--help"])
+    assert f"(default: {inspect.signature(PGD.__init__).parameters['alpha'].default:.4g})" in capsys.readouterr().out
+    assert main(["attack", "uap", str(tmp_path / "run"), "--out", str(tmp_path / "u"), "--steps", "3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "['steps'] not parameters of UAP" in err

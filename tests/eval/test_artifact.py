@@ -10,8 +10,8 @@ from calib.dataset import save_calibration_set
 from edge.backends import OrtBackend
 from edge.preprocess import PreprocessConfig
 from export.bundle import export_bundle
+from signguard.cli import main
 from train.checkpoint import load_checkpoint
-from train.cli import main
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
 from train.data.datasets import load_data
 from train.eval.artifact import Margins, pgd_transfer, verify_bundle
@@ -43,6 +43,8 @@ def test_verify_passes_a_calibrated_int8_and_fails_one_calibrated_on_blank_image
     _, model, _, data = trained
     x, y = data.test.x, data.test.y
     attacks = [pgd_transfer(model, x[:64], y[:64])]
+    # no parameter given: PGD's own defaults, and the budget says which
+    assert attacks[0].name == "pgd_8" and attacks[0].budget == f"L-inf eps 8.0/255, 10 steps of {2 / 255:.4g}, ce loss"
     good = verify_bundle(_bundle(tmp_path, trained, data.train.x, "good"), model, x, y, attacks)
     rows = {(r["backend"], r["precision"]): r for r in good.rows}
     assert set(rows) == {("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),

@@ -1,4 +1,5 @@
-"""signguard eval: a tiny sweep writes its report, caches cells, and rejects bad YAML by field."""
+"""signguard eval: a tiny sweep writes its report, caches cells, and rejects bad YAML by field; signguard attack
+writes its artifacts through the train API."""
 
 import json
 
@@ -8,11 +9,12 @@ import torch
 import yaml
 
 from edge.errors import ConfigError
-from train.cli import main
-from train.config import DataConfig, DefenseConfig, ModelConfig, OptimConfig, Recipe
+from signguard.cli import main
+from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
 from train.data.classes import LISA_CLASSES
 from train.data.datasets import DataBundle, Split
-from train.eval.sweep import load_sweep, run_sweep
+from train.eval.sweep_config import load_sweep
+from train.eval.sweep_runner import run_sweep
 from train.trainer import train
 
 
@@ -32,7 +34,7 @@ def _data(n=240, seed=0):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    for name, defense in (("base", DefenseConfig()), ("tv", DefenseConfig(kind="tv", alpha=1e-3))):
+    for name, defense in (("base", {"kind": "none"}), ("tv", {"kind": "tv", "alpha": 1e-3})):
         r = Recipe(name=name, data=DataConfig(), model=ModelConfig(name="lisa_cnn_tiny"), defense=defense,
                    optim=OptimConfig(epochs=2, batch_size=32, lr=3e-3))
         train(r, root / name, progress=False, data=_data())
@@ -63,16 +65,21 @@ def test_sweep_writes_report_and_reuses_cells(tmp_path, runs, monkeypatch):
     assert row["avg_asr"] == pytest.approx(np.mean(list(row["per_target"].values())))
     md = (out / "report.md").read_text()
     assert "Threat model" in md and "Budget" in md and "Seed: 0" in md and "| base |" in md
+    # the effective configuration, class defaults included, in the report and in every row
+    assert "Budget: linf eps=0.0314 (= 8.0/255), 2 steps of 0.00784314, ce loss" in md
+    assert res["attacks"]["pgd"][0]["attack_config"]["alpha"] == 2 / 255
+    assert res["attacks"]["rp2"][0]["attack_config"]["lam"] == 0.002 and "mask=bars" in md
+    assert res["attacks"]["rp2_reg"][0]["attack_config"]["feature_penalty"]  # the regulariser was in the loss
     assert (out / "results.csv").read_text().startswith("attack,model,variant,metric,value")
     assert (out / "stickers" / "rp2__base" / "sticker.pdf").is_file()
     assert (out / "rp2_per_target.png").is_file()
     # cached: an unchanged sweep re-uses every cell with identical numbers, computing none
-    from train.eval import sweep
+    from train.eval import sweep_runner
 
     def no_compute(*args, **kwargs):
         raise AssertionError("a cached cell was recomputed")
 
-    monkeypatch.setattr(sweep.Runner, "_compute", no_compute)
+    monkeypatch.setattr(sweep_runner.Runner, "_compute", no_compute)
     again = run_sweep(load_sweep(path), out, progress=False)
     assert json.dumps(again["attacks"], sort_keys=True) == json.dumps(res["attacks"], sort_keys=True)
 
@@ -101,7 +108,9 @@ def test_attack_cli_writes_printable_sticker(tmp_path, runs):
     assert meta["meta"]["target"] == "yield" and 0 <= meta["meta"]["heldout_targeted_success"] <= 1
     assert (out / "sticker.png").is_file() and (out / "sticker.pdf").is_file() and (out / "preview.png").is_file()
     assert main(["attack", "pgd", str(runs / "base"), "--out", str(tmp_path / "p"), "--views", "4"]) == 0
-    rate = json.loads((tmp_path / "p" / "pgd.json").read_text())["success_rate"]
+    summary = json.loads((tmp_path / "p" / "pgd.json").read_text())
+    rate = summary["success_rate"]
+    assert summary["alpha"] == 2 / 255 and summary["steps"] == 10  # PGD's defaults: the CLI passed neither
     arrays = np.load(tmp_path / "p" / "pgd.npz")
     assert np.abs(arrays["x_adv"] - arrays["x"]).max() <= 8 / 255 + 1e-6  # budget respected
     assert rate == pytest.approx(np.mean(arrays["pred_adv"] != arrays["y"]))  # the report matches the artifact
@@ -122,19 +131,22 @@ def test_attack_cli_universal_perturbation_is_scored_on_heldout_images(tmp_path)
     assert meta["method"] == "spgd" and meta["n_images"] == 60 and meta["heldout_images"] == 40
     # a budget that fools some held-out images but not all: a different draw would (almost surely) score differently
     assert meta["fooling_ratio"] > 0 and 0 < meta["heldout_fooling_ratio"] < 1
-    # the held-out number is the saved perturbation scored on test images (the CLI's seeded draw), not the fit set
-    from edge.preprocess import PreprocessConfig
+    # the held-out number is the saved perturbation scored on test images (the workflow's seeded draw), not the
+    # fit set: the API, called as the CLI calls it, draws the same images and writes the same perturbation
     from train.attacks.uap import apply_universal
     from train.checkpoint import load_checkpoint
-    from train.data.datasets import load_data
+    from train.data.datasets import load_checkpoint_data
+    from train.eval.attack_artifacts import universal_draw, universal_perturbation
 
+    art = universal_perturbation(tmp_path / "run", tmp_path / "u2", method="spgd", n=60, n_test=40, xi=xi)
+    assert np.array_equal(art.extra["v"], v) and art.metrics["heldout_fooling_ratio"] == meta["heldout_fooling_ratio"]
     model, ck = load_checkpoint(tmp_path / "run")
-    test = load_data(r.data, PreprocessConfig(**ck["preprocess"]), progress=False).test
-    rng = np.random.default_rng(0)  # the CLI's draws from one seeded generator: the fit set, then the test set
-    rng.permutation(6 * 18)
-    idx = rng.permutation(len(test))[:40]
-    again = apply_universal(model, torch.from_numpy(test.x[idx]), torch.from_numpy(test.y[idx]).long(), v)
+    data = load_checkpoint_data(ck, progress=False)
+    fit_idx, idx = universal_draw(len(data.train), len(data.test), 60, 40, seed=0)
+    assert np.array_equal(idx, art.extra["heldout_index"]) and np.array_equal(fit_idx, art.extra["fit_index"])
+    again = apply_universal(model, torch.from_numpy(data.test.x[idx]), torch.from_numpy(data.test.y[idx]).long(), v)
     assert meta["heldout_fooling_ratio"] == pytest.approx(again.info["fooling_ratio"])
+    assert meta["config"] == art.config and art.config["steps"] == 200  # SPGDUniversal's default: not passed
 
 
 def test_pgd_adversarial_training_is_more_robust_than_plain_training(tmp_path):
@@ -155,8 +167,8 @@ def test_pgd_adversarial_training_is_more_robust_than_plain_training(tmp_path):
 
     data = DataBundle(split(300), split(60), split(60), ["a", "b", "c"], "toy")
     robust = {}
-    for name, d in (("plain", DefenseConfig()),
-                    ("at", DefenseConfig(kind="pgd_at", eps=0.06, step_size=0.02, attack_steps=3))):
+    for name, d in (("plain", {"kind": "none"}),
+                    ("at", {"kind": "pgd_at", "eps": 0.06, "step_size": 0.02, "attack_steps": 3})):
         r = Recipe(name=name, model=ModelConfig(name="lisa_cnn_tiny"), defense=d,
                    optim=OptimConfig(epochs=4, batch_size=32, lr=3e-3))
         assert train(r, tmp_path / name, progress=False, data=data)["test_acc"] > 0.9

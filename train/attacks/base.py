@@ -14,6 +14,7 @@ result type.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -27,6 +28,23 @@ from edge.errors import SignguardError
 from ..eval.metrics import l2_dissimilarity
 
 NORMS = ("linf", "l2")
+
+#: Constructor arguments of every attack that are not hyper-parameters: what is attacked, how progress shows.
+RUNTIME_ARGS = ("model", "progress")
+
+
+def hyperparameters(cls: type) -> dict[str, inspect.Parameter]:
+    """An attack class's hyper-parameters: the keyword arguments of its constructor, in signature order,
+    except :data:`RUNTIME_ARGS` and the class's own ``runtime_args`` (e.g. RP2's ``feature_penalty``).
+
+    The one place their names, defaults and annotations are declared: sweeps validate their attack entries
+    against it, the CLI builds its options from it, and a parameter not given is not passed, so the
+    default in the class's signature is the one that applies.
+    """
+    skip = set(RUNTIME_ARGS) | set(getattr(cls, "runtime_args", ()))
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+            if n != "self" and n not in skip and p.kind in kinds}
 
 
 @dataclass
@@ -177,6 +195,12 @@ class Attack:
         self.batch_size = int(batch_size)
         self.progress = progress
 
+    def config(self) -> dict[str, Any]:
+        """Every hyper-parameter this attack runs with, keyed by its constructor argument, defaults included:
+        what reports print as the attack's budget.  Reads the attribute of the same name; a subclass that
+        stores an argument differently overrides this."""
+        return {name: getattr(self, name) for name in hyperparameters(type(self))}
+
     def perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                 gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         raise NotImplementedError
@@ -199,7 +223,7 @@ class Attack:
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
              seed: int) -> tuple[torch.Tensor, dict[str, list]]:
-        from tqdm import tqdm
+        from ..progress import progress as bar
 
         if target is not None and not self.targeted_ok:
             raise SignguardError(f"attack {self.name}: targeted mode is not supported")
@@ -207,7 +231,7 @@ class Attack:
         extra: dict[str, list] = {}
         with eval_mode(self.model):
             starts = range(0, len(x), self.batch_size)
-            for b, i in enumerate(tqdm(starts, desc=self.name, disable=not self.progress, leave=False)):
+            for b, i in enumerate(bar(starts, self.name, self.progress, leave=False)):
                 sl = slice(i, i + self.batch_size)
                 gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + b)
                 xa, ex = self.perturb(x[sl], y[sl], None if target is None else target[sl], gen)

@@ -77,12 +77,15 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         if loss not in LOSSES:
             raise SignguardError(f"pgd: loss must be one of {sorted(LOSSES)}, got {loss!r}")
-        self.loss = LOSSES[loss]
+        self.loss, self.loss_name = LOSSES[loss], loss
         if int(restarts) != restarts or restarts < 1:
             raise SignguardError(f"pgd: restarts must be an integer >= 1, got {restarts!r}")
         if restarts > 1 and not random_start:
             raise SignguardError("pgd: restarts > 1 needs random_start=True (every restart would be the same)")
         self.restarts = int(restarts)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "loss": self.loss_name}
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                 gen: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:

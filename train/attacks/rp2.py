@@ -79,6 +79,9 @@ class RP2:
     ``dct_dim`` [0 = off]; ``feature_penalty`` [None].
     """
 
+    #: constructor arguments that are not hyper-parameters (see :func:`~train.attacks.base.hyperparameters`)
+    runtime_args = ("feature_penalty",)
+
     def __init__(self, model: nn.Module, *, mask: str | Path = "bars", res: int = 32, steps: int = 300,
                  lr: float = 0.03, lam: float = 0.002, nps_weight: float = 1.0, palette: str | Path | None = None,
                  snap: bool = True, noise: float = 0.02, views_per_step: int = 10, dct_dim: int = 0,
@@ -98,11 +101,13 @@ class RP2:
         self.palette = torch.from_numpy(load_palette(palette))
 
     def config(self) -> dict[str, Any]:
-        return {"mask": str(self.mask), "res": self.res, "steps": self.steps, "lr": self.lr, "lambda": self.lam,
-                "nps_weight": self.nps_weight, "snap": self.snap, "noise": self.noise,
-                "views_per_step": self.views_per_step, "dct_dim": self.dct_dim,
-                "feature_penalty": getattr(self.feature_penalty, "__name__", None) if self.feature_penalty else None,
-                "palette": str(self.palette_path) if self.palette_path else "default"}
+        """Every hyper-parameter this attack runs with, keyed by its constructor argument, defaults included
+        (``palette`` "default" = the shipped palette), plus the name of the ``feature_penalty`` (None if off)."""
+        fp = self.feature_penalty
+        return {"mask": str(self.mask), "res": self.res, "steps": self.steps, "lr": self.lr, "lam": self.lam,
+                "nps_weight": self.nps_weight, "palette": str(self.palette_path) if self.palette_path else "default",
+                "snap": self.snap, "noise": self.noise, "views_per_step": self.views_per_step, "dct_dim": self.dct_dim,
+                "feature_penalty": None if fp is None else getattr(fp, "__qualname__", type(fp).__qualname__)}
 
     def _effective(self, delta: torch.Tensor, face: torch.Tensor, sticker: torch.Tensor,
                    sign: torch.Tensor) -> torch.Tensor:
@@ -113,7 +118,7 @@ class RP2:
         return (face + d).clamp(0.0, 1.0) - face
 
     def __call__(self, views: SignViews, targets: Sequence[int], seed: int = 0) -> RP2Result:
-        from tqdm import tqdm
+        from ..progress import progress as bar
 
         targets_t = torch.as_tensor(list(targets), dtype=torch.long)
         if targets_t.numel() == 0:
@@ -131,7 +136,7 @@ class RP2:
         s = views.x.shape[1:]
         history: list[dict[str, Any]] = []
         with eval_mode(self.model):
-            for step in tqdm(range(self.steps), desc="rp2", disable=not self.progress, leave=False):
+            for step in bar(range(self.steps), "rp2", self.progress, leave=False):
                 d = self._effective(delta, face, sticker, sign)
                 idx = torch.randperm(n_views, generator=gen)[:v]
                 xa = apply_perturbation(views, d, region, idx).reshape(k * v, *s)

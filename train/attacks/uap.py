@@ -136,7 +136,7 @@ class UAP(UniversalAttack):
         deepfool_iter: DeepFool iteration cap per image (default 10, the reference code's).
         num_candidates: DeepFool candidate classes (default 10).
         batch_size: images whose DeepFool steps are computed together (default 1, see above).
-        progress: tqdm bar over passes.
+        progress: progress bar (on a terminal) over passes.
 
     ``__call__(x, y, seed=0)`` fits ``v`` on ``x`` and returns :func:`apply_universal`'s result on ``x``.
     """
@@ -156,16 +156,23 @@ class UAP(UniversalAttack):
         self.deepfool = DeepFool(model, overshoot=overshoot, max_iter=deepfool_iter, num_candidates=num_candidates,
                                  norm="l2", batch_size=self.batch_size)
 
+    def config(self) -> dict[str, Any]:
+        """As :meth:`Attack.config`; ``xi`` None means :func:`default_xi` of the images it is fitted on."""
+        df = self.deepfool
+        return {"xi": self.xi, "norm": self.norm, "target_fooling": self.target_fooling, "max_passes": self.max_passes,
+                "overshoot": df.overshoot, "deepfool_iter": df.max_iter, "num_candidates": df.num_candidates,
+                "batch_size": self.batch_size}
+
     @torch.no_grad()
     def fit(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """The universal perturbation (3, H, W) for images ``x``; the model must already be in eval mode."""
-        from tqdm import tqdm
+        from ..progress import progress as bar
 
         xi = self.xi if self.xi is not None else default_xi(self.norm, x[0].numel())
         gen = torch.Generator().manual_seed(int(seed))
         k0 = batched_predict(self.model, x)
         v = torch.zeros_like(x[:1])
-        for p in tqdm(range(self.max_passes), desc=self.name, disable=not self.progress, leave=False):
+        for p in bar(range(self.max_passes), self.name, self.progress, leave=False):
             fr = float((batched_predict(self.model, (x + v).clamp(0, 1)) != k0).float().mean())
             log.info("uap pass %d: fooling ratio %.3f (target %.3f, xi %.4g %s)", p, fr, self.target_fooling, xi,
                      self.norm)
@@ -205,7 +212,7 @@ class SPGDUniversal(UniversalAttack):
         batch_size: images per step (default 32).
         loss_clip: the clipping level ``beta`` in nats (default 4.0, our choice, not the paper's: above it
             the clean class has probability below e^-4 ~= 2%, so the image is fooled anyway).
-        progress: tqdm bar over steps.
+        progress: progress bar (on a terminal) over steps.
 
     ``__call__(x, y, seed=0)`` fits ``v`` on ``x`` and returns :func:`apply_universal`'s result on ``x``.
     """
@@ -226,14 +233,14 @@ class SPGDUniversal(UniversalAttack):
 
     def fit(self, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """The universal perturbation (3, H, W) for images ``x``; the model must already be in eval mode."""
-        from tqdm import tqdm
+        from ..progress import progress as bar
 
         xi = self.xi if self.xi is not None else default_xi(self.norm, x[0].numel())
         alpha = self.alpha if self.alpha is not None else xi / 10
         gen = torch.Generator().manual_seed(int(seed))
         k0 = batched_predict(self.model, x)
         v = torch.zeros_like(x[:1])
-        for _ in tqdm(range(self.steps), desc=self.name, disable=not self.progress, leave=False):
+        for _ in bar(range(self.steps), self.name, self.progress, leave=False):
             idx = torch.randperm(len(x), generator=gen)[: self.batch_size].to(x.device)
             v.requires_grad_(True)
             # float64 keeps the true-class gradient term up to ~36-nat margins (float32: ~17); unlike in

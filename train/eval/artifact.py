@@ -87,13 +87,20 @@ def heldout_for_bundle(bundle_dir: str | Path, checkpoint: str | Path | None, n:
     return model, test.x, test.y
 
 
-def pgd_transfer(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float = 8 / 255, alpha: float = 0.01,
-                 steps: int = 10, seed: int = 0) -> TransferAttack:
+def pgd_transfer(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int = 0, **params: Any) -> TransferAttack:
+    """PGD crafted on the PyTorch model with ``params`` (:class:`~train.attacks.pgd.PGD` hyper-parameters; the
+    class's defaults for the rest); the budget names the attack's effective configuration."""
     from ..attacks.pgd import PGD
 
-    res = PGD(model, eps=eps, alpha=alpha, steps=steps)(torch.from_numpy(x), torch.from_numpy(y).long(), seed=seed)
-    return TransferAttack(f"pgd_{eps * 255:.0f}", res.x_adv.numpy(), y, "untargeted",
-                          budget=f"L-inf eps {eps * 255:.1f}/255, {steps} steps of {alpha:g}")
+    atk = PGD(model, **params)
+    res = atk(torch.from_numpy(x), torch.from_numpy(y).long(), seed=seed)
+    c = atk.config()
+    norm = {"linf": "L-inf", "l2": "L2"}[c["norm"]]
+    eps = f"{c['eps'] * 255:.1f}/255" if c["norm"] == "linf" else f"{c['eps']:g}"
+    budget = (f"{norm} eps {eps}, {c['steps']} steps of {c['alpha']:.4g}, {c['loss']} loss"
+              + (f", {c['restarts']} restarts" if c["restarts"] > 1 else "")
+              + ("" if c["random_start"] else ", no random start"))
+    return TransferAttack(f"pgd_{c['eps'] * 255:.0f}", res.x_adv.numpy(), y, "untargeted", budget=budget)
 
 
 def sticker_transfer(sticker_dir: str | Path, n_views: int = 40, seed: int = 1_000) -> TransferAttack:

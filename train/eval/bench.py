@@ -62,7 +62,7 @@ def bench_bundle(bundle_dir: str | Path, model: nn.Module | None, x: np.ndarray,
                  x_adv: np.ndarray | None, y_adv: np.ndarray | None, batch: int = 32, repeats: int = 50,
                  progress: bool = True) -> dict[str, Any]:
     """Measure every runnable row; rows that cannot run here (TensorRT off-device) say why in ``status``."""
-    from tqdm import tqdm
+    from ..progress import progress as bar
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)  # every hash checked once, here
@@ -87,7 +87,7 @@ def bench_bundle(bundle_dir: str | Path, model: nn.Module | None, x: np.ndarray,
             except Exception as err:  # no TensorRT here: the row stays, with the reason
                 runners.append(("engine", e["precision"], "tensorrt", size, f"skipped: {err}"))
     rows = []
-    for fmt, prec, backend, size, fn in tqdm(runners, desc="bench", disable=not progress):
+    for fmt, prec, backend, size, fn in bar(runners, "bench", progress):
         row: dict[str, Any] = {"format": fmt, "precision": prec, "backend": backend, "size_mb": round(size, 3)}
         if isinstance(fn, str):
             rows.append({**row, "status": fn})
