@@ -90,7 +90,8 @@ def run_demo(out_dir: Path, quick: bool = False, progress: bool = True) -> dict[
     for r in recipes:
         _step(2, f"training {r.name} ({r.optim.epochs} epochs)")
         metrics = train(r, out_dir / "runs" / r.name, progress=progress, data=data)
-        results[r.name] = {"defense": r.defense.kind, "alpha": r.defense.alpha, **metrics}
+        stack = r.defenses()
+        results[r.name] = {"defense": stack.kind, "setting": stack.describe(), **metrics}
 
     _step(3, "exporting ONNX bundles (parity on 256 held-out images)")
     idx = np.random.default_rng(0).choice(len(data.test), size=min(256, len(data.test)), replace=False)
@@ -131,14 +132,14 @@ def run_demo(out_dir: Path, quick: bool = False, progress: bool = True) -> dict[
 
 def render_report(report: dict[str, Any]) -> str:
     rows = [
-        "| model | defense (alpha) | clean test acc | edge acc on video | edge = PyTorch | ONNX max abs diff "
+        "| model | defense (setting) | clean test acc | edge acc on video | edge = PyTorch | ONNX max abs diff "
         "| edge FPS | infer ms (median) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["models"].items():
         acc = "n/a" if r["edge_video_acc"] is None else f"{100 * r['edge_video_acc']:.1f}%"
         rows.append(
-            f"| {name} | {r['defense']} ({r['alpha']:g}) | {100 * r['test_acc']:.1f}% | {acc} "
+            f"| {name} | {r['defense']} ({r['setting']}) | {100 * r['test_acc']:.1f}% | {acc} "
             f"({r['edge_classified']} frames) | {100 * r['edge_torch_agreement']:.1f}% | {r['onnx_max_abs_diff']:.1e} "
             f"| {r['edge_fps']:.0f} | {r['edge_latency_ms'].get('infer', float('nan')):.2f} |"
         )
