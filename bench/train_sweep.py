@@ -52,6 +52,9 @@ def main() -> None:
                 over["optim.epochs"] = args.epochs
             if args.threads:
                 over["optim.num_threads"] = args.threads
+            init = load_recipe(path).model.init
+            if init:  # a fine-tuning recipe starts from the sweep's own run of the recipe it names
+                over["model.init"] = str(Path(args.runs) / ds / Path(init).name)
             recipe = load_recipe(path, over)
             stack = recipe.defenses()
             t0 = time.time()

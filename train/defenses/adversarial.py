@@ -1,8 +1,10 @@
-"""PGD adversarial training (Madry et al. 2018; BlurNet's Adv-train baseline).
+"""Adversarial training: a fraction of every batch replaced by attack examples made on the model in training.
 
-A fraction of every batch is replaced by L-inf PGD examples made on the model
-being trained.  Each batch's attack is seeded from (seed, epoch, batch), so a
-resumed run makes the same examples.
+:class:`AdversarialTraining` is the shared mechanism (Madry et al. 2018); a
+defense names the attack.  Each batch's attack is seeded from (seed, epoch,
+batch), so a resumed run makes the same examples.  Registered here: PGD
+adversarial training (BlurNet's Adv-train baseline); DOA's rectangular
+occlusion training lives in :mod:`train.defenses.doa`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,25 @@ import torch
 from edge.config import check_range
 from edge.errors import ConfigError
 
+from ..attacks.base import Attack
 from .base import Defense, register_defense
+
+
+class AdversarialTraining(Defense):
+    """Replaces the first ``cfg.adv_fraction`` of each batch by :meth:`make_attack`'s examples."""
+
+    def make_attack(self, model: torch.nn.Module) -> Attack:
+        raise NotImplementedError
+
+    def setup(self, model, device):
+        self.attack = self.make_attack(model)
+
+    def transform(self, model, x, y, step):
+        k = max(1, int(round(self.cfg.adv_fraction * len(x))))
+        self.attack.batch_size = k  # one attack batch: its random start is seeded by the seed alone
+        seed = step.seed * 1_000_003 + step.epoch * 10_007 + step.index
+        adv = self.attack.generate(x[:k].to(step.device), y[:k].to(step.device), seed=seed).cpu()
+        return torch.cat([adv, x[k:]]), y
 
 
 @dataclass
@@ -36,21 +56,14 @@ class PGDTrainingConfig:
 
 
 @register_defense("pgd_at")
-class PGDAdversarialTraining(Defense):
+class PGDAdversarialTraining(AdversarialTraining):
     Config = PGDTrainingConfig
 
     def describe(self) -> str:
         return f"eps={self.cfg.eps * 255:.0f}/255, {self.cfg.attack_steps} steps"
 
-    def setup(self, model, device):
+    def make_attack(self, model):
         from ..attacks.pgd import PGD
 
         c = self.cfg
-        self.attack = PGD(model, eps=c.eps, alpha=c.step_size, steps=c.attack_steps)
-
-    def transform(self, model, x, y, step):
-        k = max(1, int(round(self.cfg.adv_fraction * len(x))))
-        self.attack.batch_size = k  # one attack batch: its random start is seeded by the seed alone
-        seed = step.seed * 1_000_003 + step.epoch * 10_007 + step.index
-        adv = self.attack.generate(x[:k].to(step.device), y[:k].to(step.device), seed=seed).cpu()
-        return torch.cat([adv, x[k:]]), y
+        return PGD(model, eps=c.eps, alpha=c.step_size, steps=c.attack_steps)

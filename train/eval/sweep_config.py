@@ -22,7 +22,7 @@ Attack kinds (``kind:``):
   ``source`` are scored on ``source`` with a fixed k x k box blur on the
   input (``input_blur``) or on the first-layer feature maps
   (``feature_blur``), without retraining.
-* ``pgd``, ``fgsm``, ``deepfool``, ``uap`` -- pixel-space attacks on the
+* ``pgd``, ``fgsm``, ``deepfool``, ``uap``, ``roa`` -- pixel-space attacks on the
   held-out views (``images: views``) or on ``n`` images of the model's
   synthetic test split (``images: test``).
 """
@@ -45,15 +45,16 @@ from ..attacks.base import hyperparameters
 from ..attacks.deepfool import DeepFool
 from ..attacks.fgsm import FGSM
 from ..attacks.pgd import PGD
+from ..attacks.roa import ROA
 from ..attacks.rp2 import RP2
 from ..attacks.uap import UAP
 from ..data.classes import LISA_INDEX
 
 #: kind -> the attack class that runs it
 ATTACKS: Dict[str, type] = {"rp2": RP2, "rp2_transfer": RP2, "pgd": PGD, "fgsm": FGSM, "deepfool": DeepFool,
-                            "uap": UAP}
+                            "uap": UAP, "roa": ROA}
 KINDS = tuple(ATTACKS)
-PIXEL_KINDS = ("pgd", "fgsm", "deepfool", "uap")
+PIXEL_KINDS = ("pgd", "fgsm", "deepfool", "uap", "roa")
 THREAT = {
     "rp2": "white-box, sticker inside the mask on the sign (RP2 + EOT), targeted; scored on held-out poses",
     "rp2_transfer": "black-box transfer: stickers made on the source model, scored on blurred variants",
@@ -61,6 +62,8 @@ THREAT = {
     "fgsm": "white-box, pixel-space, untargeted, one step",
     "deepfool": "white-box, pixel-space, untargeted, minimal L2 perturbation",
     "uap": "white-box, one universal perturbation for all images, untargeted",
+    "roa": "white-box, physically realisable: one opaque rectangle anywhere on the image (ROA, DOA Sec. 3), "
+           "untargeted",
 }
 _COMMON = ("name", "kind", "models")
 #: kind -> the sweep-level keys its entries may hold (besides the attack class's hyper-parameters)

@@ -34,6 +34,9 @@ def budget_of(a: AttackEntry) -> str:
         return f"unbounded {_NORM_NAMES[c['norm']]}, overshoot {c['overshoot']}"
     if a.kind == "uap":
         return f"{c['norm']} xi={'default' if c['xi'] is None else c['xi']}"
+    if a.kind == "roa":
+        return (f"{c['height']}x{c['width']} rectangle, content unbounded in [0, 1]; {c['search']} position "
+                f"search (stride {c['stride']}), {c['steps']} signed steps of {c['alpha']:.4f}")
     eps = float(c["eps"])
     return f"{c['norm']} eps={eps:.4f} (= {eps * 255:.1f}/255)" + (
         f", {c['steps']} steps of {c['alpha']:g}, {c['loss']} loss"
