@@ -283,5 +283,6 @@ class _Gate(nn.Module):
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
-    """The classifier inside a defended model (the model itself when nothing is in front of it)."""
-    return model.classifier if isinstance(model, DefendedModel) else model
+    """The classifier inside a defended model or an inference wrapper (the model itself when it is bare)."""
+    inner = getattr(model, "classifier", None)
+    return inner if isinstance(inner, nn.Module) else model
