@@ -2,16 +2,14 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
+from tests.toy_data import toy_data
 from train.checkpoint import load_checkpoint
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
 from train.defenses.smoothing import SmoothedClassifier, certified, column_masks
 from train.trainer import train
-
-from tests.toy_data import toy_data
 
 
 def test_column_masks_wrap_around():
