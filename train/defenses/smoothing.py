@@ -119,3 +119,20 @@ class ColumnSmoothing(Defense):
 
     def forward(self, model, x):
         return classifier_of(model)(x), {}
+
+
+class SoftVote(nn.Module):
+    """The attacker's differentiable view of a smoothed classifier: log of the mean softmax over all bands.
+
+    Why: the vote is piecewise constant (no gradient); an attacker who knows the defense optimises the
+    expectation over its ablations (EOT, Athalye et al. 2018) and is then scored on the real vote.
+    """
+
+    def __init__(self, smoothed: SmoothedClassifier):
+        super().__init__()
+        self.smoothed = smoothed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.smoothed.band_logits(x)
+        return torch.logsumexp(torch.log_softmax(logits, dim=2), dim=1) - torch.log(
+            torch.tensor(float(logits.shape[1]), device=x.device))
