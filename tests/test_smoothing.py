@@ -79,3 +79,19 @@ def test_smoothed_model_exports_as_one_graph_with_int8(smoothed, tmp_path):
         assert out_votes.sum(1).min() >= 32  # every band voted
         agree = (out_votes.argmax(1) == votes.argmax(1)).mean()
         assert agree == 1.0 if precision == "fp32" else agree > 0.95, (precision, agree)
+
+
+def test_soft_vote_is_the_differentiable_expectation_over_ablations(smoothed):
+    from train.defenses.smoothing import SoftVote
+
+    model, _, data = smoothed
+    x = torch.from_numpy(data.test.x[:16]).requires_grad_(True)
+    soft = SoftVote(model)(x)
+    probs = soft.exp()
+    assert torch.allclose(probs.sum(1), torch.ones(16), atol=1e-5)  # a distribution: mean of band softmaxes
+    expected = torch.softmax(model.band_logits(x), dim=2).mean(1)
+    assert torch.allclose(probs, expected, atol=1e-5)
+    (g,) = torch.autograd.grad(soft[:, 0].sum(), x)
+    assert g.abs().sum() > 0  # the vote itself has no gradient; its expectation does
+    with torch.no_grad():
+        assert (soft.argmax(1) == model(x).argmax(1)).float().mean() > 0.9
