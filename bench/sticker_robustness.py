@@ -19,7 +19,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from edge.fileio import atomic_write_json, atomic_write_text
@@ -28,8 +27,10 @@ from train.attacks.rp2 import RP2, evaluate_stickers
 from train.attacks.views import render_views
 from train.checkpoint import load_checkpoint
 from train.data.classes import LISA_CLASSES, LISA_INDEX
+from train.defenses import DefenseStack
 from train.defenses.smoothing import SmoothedClassifier, SoftVote, certified
 from train.eval import metrics
+from train.eval.sweep_runner import rp2_row
 from train.trainer import predict
 
 
@@ -37,15 +38,12 @@ def attacker_view(model: torch.nn.Module) -> torch.nn.Module:
     return SoftVote(model).eval() if isinstance(model, SmoothedClassifier) else model
 
 
-def rp2_row(model, attack_model, train_views, heldout, targets, steps, dct_dim, seed) -> dict:
+def rp2_cell(model, attack_model, train_views, heldout, targets, steps, dct_dim, seed, meta) -> dict:
+    """RP2 stickers made on ``attack_model`` for every target, scored on ``model`` (the sweep's RP2 row)."""
     res = RP2(attack_model, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct_dim)(
         train_views, targets, seed=seed)
-    ev = evaluate_stickers(model, heldout, res)
-    per = {p["target"]: p["targeted_success"] for p in ev["per_target"]}
-    s = metrics.targeted_summary(per)
-    return {"clean_view_acc": ev["clean_accuracy"], "avg_asr": s["average"], "worst_asr": s["worst"],
-            "worst_target": LISA_CLASSES[s["worst_target"]],
-            "untargeted_asr": float(np.mean([p["untargeted_success"] for p in ev["per_target"]]))}
+    row = rp2_row(evaluate_stickers(model, heldout, res), meta)
+    return {k: row[k] for k in ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")}
 
 
 def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldout) -> dict:
@@ -55,8 +53,9 @@ def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldo
     targets = [c for c in range(len(LISA_CLASSES)) if c != stop]
     row = {"model": label, "defense": meta["defense"], "test_acc": meta["metrics"]["test_acc"]}
     t0 = time.time()
-    row["rp2_whitebox"] = rp2_row(model, attack_model, train_views, heldout, targets, args.steps, 0, args.seed)
-    row["rp2_lowfreq"] = rp2_row(model, attack_model, train_views, heldout, targets, args.steps, 16, args.seed)
+    row["rp2_whitebox"] = rp2_cell(model, attack_model, train_views, heldout, targets, args.steps, 0, args.seed, meta)
+    row["rp2_lowfreq"] = rp2_cell(model, attack_model, train_views, heldout, targets, args.steps, 16, args.seed,
+                                  meta)
     y = torch.full((len(heldout),), stop, dtype=torch.long)
     x_roa = ROA(attack_model, height=7, width=7, stride=2, search="gradient", steps=30).generate(heldout.x, y)
     clean = predict(model, heldout.x)
@@ -91,10 +90,10 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, wall: float) -> str:
     for r in rows:
         w, lf = r["rp2_whitebox"], r["rp2_lowfreq"]
         cert = f"{pct(r['certified_view_acc'])} ({r['certified_patch']}-px patch)" if "certified_view_acc" in r else "-"
-        kind = r["defense"]["kind"] if isinstance(r["defense"], dict) else "+".join(d["kind"] for d in r["defense"])
+        kind = DefenseStack.from_config(r["defense"]).kind
         out.append(f"| {r['model']} | {kind} | {pct(r['test_acc'])} | {pct(w['avg_asr'])} / {pct(w['worst_asr'])} "
-                   f"| {pct(w['untargeted_asr'])} | {pct(lf['avg_asr'])} / {pct(lf['worst_asr'])} "
-                   f"| {pct(lf['untargeted_asr'])} | {pct(r['roa_7x7']['untargeted_asr'])} | {cert} |")
+                   f"| {pct(w['avg_untargeted_asr'])} | {pct(lf['avg_asr'])} / {pct(lf['worst_asr'])} "
+                   f"| {pct(lf['avg_untargeted_asr'])} | {pct(r['roa_7x7']['untargeted_asr'])} | {cert} |")
     out += ["", "Attacks on the column-smoothing model optimise the mean softmax over its 32 ablations (EOT) and are "
             "scored on the vote the device runs.  These are PyTorch numbers; the INT8 bundles are not yet measured "
             "here.", ""]

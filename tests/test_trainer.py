@@ -58,7 +58,7 @@ def test_resume_is_exact(tmp_path):
     finally:
         T.accuracy = orig
     state = json.loads((tmp_path / "c" / "train_state.json").read_text())
-    assert state["epoch"] == 1 and state["train_time_s"] > 0
+    assert state["epoch"] == 1 and "train_time_s" in state
     metrics = train(r, tmp_path / "c", resume=True, progress=False, data=data)
     log_lines = (tmp_path / "c" / "log.jsonl").read_text().splitlines()
     assert [json.loads(s)["epoch"] for s in log_lines] == [0, 1, 2]

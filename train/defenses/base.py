@@ -251,23 +251,41 @@ class DefendedModel(nn.Module):
         if detector is not None and rectifier is None:
             raise ConfigError("defense: a detector selects between the input and the rectified input; "
                               "it needs a rectifier")
-        self.purifier, self.rectifier, self.detector, self.classifier = purifier, rectifier, detector, classifier
+        front: dict[str, nn.Module] = {}
+        if purifier is not None:
+            front["purifier"] = purifier
+        if rectifier is not None:
+            front["rectifier" if detector is None else "gate"] = (
+                rectifier if detector is None else _Gate(rectifier, detector))
+        self.front = nn.ModuleDict(front)  # built once, in data order (the detector and rectifier form one gate)
+        self.classifier = classifier
+
+    @property
+    def purifier(self) -> nn.Module | None:
+        return self.front["purifier"] if "purifier" in self.front else None
+
+    @property
+    def rectifier(self) -> nn.Module | None:
+        if "gate" in self.front:
+            return self.front["gate"].rectifier
+        return self.front["rectifier"] if "rectifier" in self.front else None
+
+    @property
+    def detector(self) -> nn.Module | None:
+        return self.front["gate"].detector if "gate" in self.front else None
 
     def parts(self) -> dict[str, nn.Module]:
-        """Named parts in data order (the detector and rectifier form one gate part when both are present)."""
-        out: dict[str, nn.Module] = {}
-        if self.purifier is not None:
-            out["purifier"] = self.purifier
-        if self.rectifier is not None:
-            out["rectifier" if self.detector is None else "gate"] = (
-                self.rectifier if self.detector is None else _Gate(self.rectifier, self.detector))
-        out["classifier"] = self.classifier
-        return out
+        """Named parts in data order, as export emits them: the front parts, then ``classifier``."""
+        return {**self.front, "classifier": self.classifier}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for part in self.parts().values():
+    def front_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the classifier receives it (through every part in front of it)."""
+        for part in self.front.values():
             x = part(x)
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.front_of(x))
 
 
 class _Gate(nn.Module):

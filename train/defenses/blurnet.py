@@ -153,7 +153,7 @@ class FeatureMapRegularizer(Defense):
         if not (hasattr(net, "features1") and hasattr(net, "head")):
             raise ConfigError(f"defense {self.kind}: the classifier needs features1/head (first-layer maps)")
         if net is not model:
-            x = _front(model, x)
+            x = model.front_of(x)
         f1 = net.features1(x)
         return net.head(f1), {"features1": f1}
 
@@ -162,15 +162,6 @@ class FeatureMapRegularizer(Defense):
 
     def attack_regularizer(self) -> Regularizer:
         return self.regularizer
-
-
-def _front(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input as the classifier of a defended model receives it (through every part in front of it)."""
-    for name, part in model.parts().items():
-        if name == "classifier":
-            break
-        x = part(x)
-    return x
 
 
 @register_defense("tv")

@@ -34,24 +34,18 @@ from .sweep_config import AttackEntry, SweepConfig, load_sweep
 from .sweep_report import plot, to_csv, to_markdown
 
 # ``from train.eval.sweep_runner import load_sweep, run_sweep``: the whole sweep API from one place
-__all__ = ["InputBlur", "Runner", "cell_key", "cells_of", "feature_blur", "load_sweep", "regularizer_of", "run_sweep"]
+__all__ = ["Runner", "cell_key", "cells_of", "feature_blur", "input_blur", "load_sweep", "regularizer_of", "rp2_row",
+           "run_sweep"]
 
 # --------------------------------------------------------------------------- model variants
 
 
-class InputBlur(nn.Module):
-    """A fixed k x k box blur on the input in front of a classifier (Table I's "input filter")."""
+def input_blur(model: nn.Module, k: int) -> nn.Module:
+    """A fixed k x k box blur on the input in front of a classifier (Table I's "input filter"): the registry's
+    ``input_blur`` purifier around the trained model, without retraining."""
+    from ..defenses import defense_from_dict
 
-    def __init__(self, model: nn.Module, k: int):
-        super().__init__()
-        self.model, self.k = model, k
-        w = torch.full((3, 1, k, k), 1.0 / (k * k))
-        self.register_buffer("weight", w)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = self.k // 2
-        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-        return self.model(torch.nn.functional.conv2d(xp, self.weight, groups=3))
+    return defense_from_dict({"kind": "input_blur", "kernel_size": k}).wrap(model).eval()
 
 
 def feature_blur(model: nn.Module, meta: dict[str, Any], k: int) -> nn.Module:
@@ -87,7 +81,9 @@ def cell_key(a: AttackEntry, model_path: str, cfg: SweepConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _rp2_row(ev: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+def rp2_row(ev: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """One model's RP2 row from :func:`~train.attacks.rp2.evaluate_stickers`: average and worst-target targeted
+    success, average untargeted success, L2 dissimilarity, per-target success (BlurNet Table II)."""
     per = {p["target"]: p["targeted_success"] for p in ev["per_target"]}
     s = metrics.targeted_summary(per)
     return {
@@ -156,17 +152,17 @@ class Runner:
                 if penalty is None:
                     return None
             atk, res, ev = self._rp2_stickers(label, model, a, penalty)
-            row = {**_rp2_row(ev, meta), "attack_config": atk.config()}
+            row = {**rp2_row(ev, meta), "attack_config": atk.config()}
             self._save_sticker(a, label, model, res, ev, meta)
             return row
         if a.kind == "rp2_transfer":
             atk, res, ev = self._rp2_stickers(label, model, a)
-            rows = {"source": _rp2_row(ev, meta)}
+            rows = {"source": rp2_row(ev, meta)}
             for k in a.input_blur:
-                blurred = InputBlur(model, k).eval()
-                rows[f"input blur {k}x{k}"] = _rp2_row(evaluate_stickers(blurred, self.heldout, res), meta)
+                blurred = input_blur(model, k)
+                rows[f"input blur {k}x{k}"] = rp2_row(evaluate_stickers(blurred, self.heldout, res), meta)
             for k in a.feature_blur:
-                rows[f"{k}x{k} blur on L1 maps"] = _rp2_row(
+                rows[f"{k}x{k} blur on L1 maps"] = rp2_row(
                     evaluate_stickers(feature_blur(model, meta, k), self.heldout, res), meta)
             return {"variants": rows, "n_views": len(self.heldout), "attack_config": atk.config()}
         x, y = self.images(a, meta)
