@@ -197,7 +197,7 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, 
                   exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
                   percentile: float = 99.999, batch: int = BATCH,
                   input_range: Optional[Tuple[float, float]] = (0.0, 1.0),
-                  quantizer: str = "onnxruntime") -> Dict[str, Any]:
+                  quantizer: str = "onnxruntime", reduce_range: bool = False) -> Dict[str, Any]:
     """Quantize ``fp32_onnx`` to a symmetric int8 Q/DQ ONNX at ``out_path``, calibrated on ``calib_x``.
 
     ``calib_x``: (N, 3, S, S) float32 in [0, 1], preprocessed by
@@ -216,7 +216,10 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, 
     ``out_path``.  Returns a report: method, n_calibration, qdq_nodes,
     excluded_nodes, check.  ``quantizer="modelopt"`` uses NVIDIA Model
     Optimizer's ONNX PTQ instead when it is installed (entropy or minmax);
-    its output must pass the same checks.
+    its output must pass the same checks.  ``reduce_range`` quantizes the weights to 7 bits: onnxruntime's
+    x86 AVX2 kernels without VNNI add pairs of u8 x s8 products in int16 and saturate with full-range
+    weights and large activations (a whole-frame detector's first conv showed errors of 6.7 on outputs of
+    0..14); 7-bit weights cannot overflow.  TensorRT does not need it; its Q/DQ graph is valid either way.
     """
     q = _ort_quant()
     import onnx
@@ -264,7 +267,7 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, 
             with _ort_prints_to_debug():
                 q.quantize_static(
                     str(pre), str(qdq), ArrayReader(x, inp.name, batch), quant_format=q.QuantFormat.QDQ,
-                    per_channel=True, reduce_range=False, activation_type=q.QuantType.QInt8,
+                    per_channel=True, reduce_range=reduce_range, activation_type=q.QuantType.QInt8,
                     weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=calibrate_method,
                     extra_options=extra,
                 )
@@ -281,7 +284,7 @@ def quantize_int8(fp32_onnx: PathLike, out_path: PathLike, calib_x: np.ndarray, 
         "fp32_model": Path(fp32_onnx).name, "int8_model": out_path.name, "method": method,
         "percentile": float(percentile) if method == "percentile" else None, "n_calibration": int(len(x)),
         "qdq_nodes": sum(1 for n in qmodel.graph.node if n.op_type in QDQ_OPS), "excluded_nodes": excluded,
-        "opset": new_opset, "check": check,
+        "opset": new_opset, "check": check, "reduce_range": bool(reduce_range),
     }
     log.info("INT8 %s: %s calibration on %d images, %d Q/DQ nodes, %d node(s) kept FP32",
              out_path, method, len(x), report["qdq_nodes"], len(excluded))

@@ -72,8 +72,10 @@ class OrtBackend:
     ``providers`` is a list like ``["cuda"]`` or ``["TensorrtExecutionProvider"]``;
     the default is CPU.  ``input_name``/``output_name`` (from the manifest) are
     checked against the graph so a bundle describing another model fails here,
-    not with wrong predictions.  Models with a fixed batch size are run in
-    chunks of that size.
+    not with wrong predictions; ``io_shapes`` (input and output dims, ``None``
+    for a dynamic one) lets the bundle check the shapes too.  Models with a
+    fixed batch size are run in chunks of that size.  ``threads`` sets the
+    intra-op thread count (benchmarks compare runtimes at equal threads).
     """
 
     kind = "onnxruntime"
@@ -84,12 +86,20 @@ class OrtBackend:
         providers: Optional[Sequence[str]] = None,
         input_name: Optional[str] = None,
         output_name: Optional[str] = None,
+        threads: Optional[int] = None,
     ) -> None:
         ort = require("onnxruntime", "the onnxruntime backend needs onnxruntime: `pip install signguard[edge]`")
         self.model_path = str(model_path)
         self.providers = resolve_providers(providers, ort.get_available_providers())
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only; provider fallbacks are logged by us
+        # No busy-waiting between runs: onnxruntime's pool threads otherwise spin for a while after each run
+        # and take the cores the capture (decode) thread needs -- on a 2-core machine this cut the loop's
+        # throughput by 3-10x (bench/capture_throughput.py).  The cost is a thread wake-up per run (microseconds).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if threads is not None:  # intra-op threads (default: onnxruntime's, one per physical core)
+            opts.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=self.providers)
         except Exception as e:  # onnxruntime raises its own (non-exported) exception types
@@ -98,6 +108,8 @@ class OrtBackend:
         self.input_name = self._pick(input_name, [i.name for i in inputs], "input")
         self.output_name = self._pick(output_name, [o.name for o in outputs], "output")
         meta = next(i for i in inputs if i.name == self.input_name)
+        out_meta = next(o for o in outputs if o.name == self.output_name)
+        self.io_shapes = (_dims(meta.shape), _dims(out_meta.shape))
         self.input_dtype = _ORT_DTYPES.get(meta.type, np.float32)
         batch = meta.shape[0] if meta.shape else None
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
@@ -114,19 +126,35 @@ class OrtBackend:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(N, ...) array -> first/selected output as float32 (N, C)."""
+        return self.run_outputs(batch, [self.output_name])[self.output_name]
+
+    @property
+    def output_names(self) -> List[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> Dict[str, np.ndarray]:
+        """(N, ...) array -> the named outputs as float32 arrays with N rows (a gated graph's logits, gate
+        score and decision come from one run)."""
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
         step = self.fixed_batch or len(x)
-        outs = []
+        outs: List[List[np.ndarray]] = [[] for _ in names]
         for start in range(0, len(x), max(step, 1)):
             chunk = x[start : start + step]
             pad = step - len(chunk)
             if pad:  # fixed-batch model: pad the last chunk, drop the padding after
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            y = self.session.run([self.output_name], {self.input_name: chunk})[0]
-            outs.append(y[: step - pad])
-        if not outs:
+            for acc, y in zip(outs, self.session.run(list(names), {self.input_name: chunk})):
+                acc.append(y[: step - pad])
+        if not outs[0]:
             raise SignguardError("backend.run: empty batch")
-        return np.concatenate(outs).astype(np.float32, copy=False)
+        return {n: np.concatenate(o).astype(np.float32, copy=False) for n, o in zip(names, outs)}
+
+
+def _dims(shape: Any) -> Optional[List[Optional[int]]]:
+    """An onnxruntime shape as ints, ``None`` for a symbolic or unknown dim; ``None`` for an unknown rank."""
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) and d > 0 else None for d in shape]
 
 
 def _make_ort(path: PathLike, **kwargs: Any) -> OrtBackend:

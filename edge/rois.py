@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Set, Tuple, Union
 
 import numpy as np
 
@@ -46,6 +46,10 @@ class RoiProvider:
 
     def get(self, index: int, frame: np.ndarray) -> Optional[Roi]:
         raise NotImplementedError
+
+    def expected_frames(self) -> Optional[FrozenSet[int]]:
+        """The frame indices this provider has a box for, when that is a fixed list (a CSV); else None."""
+        return None
 
 
 def _parse_box(text: str, where: str) -> Box:
@@ -152,8 +156,67 @@ class CsvRoi(RoiProvider):
     def get(self, index: int, frame: np.ndarray) -> Optional[Roi]:
         return self.rows.get(index)
 
+    def expected_frames(self) -> FrozenSet[int]:
+        return frozenset(self.rows)
+
     def __repr__(self) -> str:
         return "CsvRoi(%s, %d frames)" % (self.path, len(self.rows))
+
+
+def _spans(frames: Iterable[int]) -> str:
+    """``0..4, 9, 12..13``: sorted indices as ranges, at most five of them."""
+    out: List[str] = []
+    run: List[int] = []
+    for f in sorted(frames):
+        if run and f == run[-1] + 1:
+            run.append(f)
+            continue
+        if run:
+            out.append("%d..%d" % (run[0], run[-1]) if len(run) > 1 else str(run[0]))
+        run = [f]
+    if run:
+        out.append("%d..%d" % (run[0], run[-1]) if len(run) > 1 else str(run[0]))
+    return ", ".join(out[:5]) + (", ..." if len(out) > 5 else "")
+
+
+class RoiCoverage:
+    """Which of the frames an ROI provider expects actually arrived from the source.
+
+    Why: a damaged video or a CSV made for another video used to produce an
+    accuracy over whatever frames happened to match, with no warning.  The
+    loop feeds every frame index in; :meth:`report` names the expected
+    frames that never came (and says so loudly when none of them did).
+    """
+
+    def __init__(self, provider: RoiProvider) -> None:
+        self.name = repr(provider)
+        self.expected = provider.expected_frames()
+        self.seen: Set[int] = set()
+        self.last = -1
+
+    def see(self, index: int) -> None:
+        if self.expected is not None and index in self.expected:
+            self.seen.add(index)
+        self.last = max(self.last, index)
+
+    def missing(self, up_to: Optional[int] = None) -> List[int]:
+        """Expected frames that never arrived (only those <= ``up_to`` when the run stopped early)."""
+        if self.expected is None:
+            return []
+        return sorted(f for f in self.expected - self.seen if up_to is None or f <= up_to)
+
+    def report(self, stopped_early: bool) -> Optional[str]:
+        """One warning sentence, or None when every expected frame arrived (or nothing is expected)."""
+        if not self.expected:
+            return None
+        missing = self.missing(self.last if stopped_early else None)
+        if not missing:
+            return None
+        if not self.seen:
+            return ("%s covers none of the %d frames read (frames 0..%d); its boxes are for frames %s -- "
+                    "is it the CSV of another video?" % (self.name, self.last + 1, self.last, _spans(self.expected)))
+        return ("%s expected %d frame(s) that never arrived from the source: %s"
+                % (self.name, len(missing), _spans(missing)))
 
 
 def parse_roi(spec: str) -> RoiProvider:

@@ -2,10 +2,14 @@
 
 One parser (:func:`parse_source`) turns a string into a :class:`SourceSpec`,
 and :func:`open_source` opens it.  Every source is an iterator of
-``(index, frame)`` with ``frame`` a BGR uint8 array, or ``None`` when a live
-camera dropped a frame (the loop skips it).  Anything that cannot be opened
--- a missing file, a camera that is not there, a video whose first frame
-cannot be decoded -- raises :class:`SourceError` naming the URI.
+``(index, frame)`` with ``frame`` a BGR uint8 array (``None``: an unreadable
+image; the loop skips it), with :class:`edge.events.SourceEvent` objects
+between frames when something happens to the source (a damaged file, a
+stream that disconnects: see :mod:`edge.events`).  Anything that cannot be
+opened -- a missing file, a camera that is not there, a video whose first
+frame cannot be decoded, a stream that does not answer within its open
+timeout -- raises :class:`SourceError` naming the URI.  Cameras and streams
+are :class:`edge.live.LiveSource` objects (timeouts, reconnection).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import cv2
 import numpy as np
 
 from .errors import SourceError
+from .events import SourceEvent
 from .fileio import PathLike
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,7 @@ VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", 
 USAGE = """source URIs:
   file.mp4 | file.avi | ...       a video file
   folder/                         a folder of images, read in sorted name order
+  recording/                      a folder written by `signguard run --record` (replayed frame by frame)
   image.jpg                       a single image
   0 | /dev/video0 | v4l2:///dev/video0   a V4L2/USB camera
   csi://0[?width=1280&height=720&framerate=30&flip=0]   a Jetson CSI camera (GStreamer)
@@ -42,7 +48,7 @@ Frame = Optional[np.ndarray]
 
 
 class SourceSpec(NamedTuple):
-    """What a URI means: ``kind`` in {video, camera, csi, stream, folder, image}."""
+    """What a URI means: ``kind`` in {video, camera, csi, stream, folder, recording, image}."""
 
     kind: str
     location: str
@@ -76,7 +82,9 @@ def parse_source(uri: Union[int, PathLike]) -> SourceSpec:
         return SourceSpec("camera", s, {})
     p = Path(s)
     if p.is_dir():
-        return SourceSpec("folder", s, {})
+        from .record import is_recording
+
+        return SourceSpec("recording" if is_recording(p) else "folder", s, {})
     if p.suffix.lower() in IMAGE_EXTS:
         return SourceSpec("image", s, {})
     return SourceSpec("video", s, {})
@@ -94,14 +102,18 @@ def csi_pipeline(sensor: str, options: Dict[str, str]) -> str:
 
 
 class FrameSource:
-    """Iterator of ``(index, BGR frame or None)``; also a context manager that releases the device."""
+    """Iterator of ``(index, BGR frame or None)`` (and :class:`edge.events.SourceEvent` between frames);
+    also a context manager that releases the device."""
 
     uri = ""
     live = False
     fps: Optional[float] = None
 
-    def __iter__(self) -> Iterator[Tuple[int, Frame]]:
+    def __iter__(self) -> Iterator[Any]:
         raise NotImplementedError
+
+    def interrupt(self) -> None:
+        """Ask a reading thread blocked in this source to give up soon (live sources; no-op otherwise)."""
 
     def close(self) -> None:
         """Release the underlying device/file (idempotent)."""
@@ -114,17 +126,24 @@ class FrameSource:
 
 
 class CaptureSource(FrameSource):
-    """A ``cv2.VideoCapture`` over a file, camera, GStreamer pipeline or network stream.
+    """A video file read through ``cv2.VideoCapture``, frame by frame, reporting damage instead of hiding it.
 
     The first frame is read at open time so a corrupt or empty file fails
-    here, with its name, rather than as an empty run.  A live source that
-    drops frames yields ``None`` for each, and ends after ``max_failures``
-    consecutive failures (unplugged camera, dead stream).
+    here, with its name, rather than as an empty run.  A damaged file that
+    still opens (bytes overwritten, cut short) used to end quietly with
+    frames missing; now:
+
+    - a frame that fails to decode is skipped and decoding resumes (FFmpeg
+      recovers at the next key frame); each failed read is one lost frame,
+      so indices stay aligned with the file's frame numbers (and with an ROI
+      CSV), and a ``decode_error`` event says which frames were lost;
+    - when decoding stops before the frame count the header declares, an
+      ``ended_early`` event says so.
     """
 
-    def __init__(self, uri: str, target: Union[str, int], api: int = cv2.CAP_ANY, live: bool = False,
-                 expected: str = "a readable video", max_failures: int = 30) -> None:
-        self.uri, self.live, self.max_failures = uri, live, max_failures
+    def __init__(self, uri: str, target: Union[str, int], api: int = cv2.CAP_ANY,
+                 expected: str = "a readable video", max_skip: int = 30) -> None:
+        self.uri, self.max_skip = uri, max_skip
         self.cap = cv2.VideoCapture(target, api)
         if not self.cap.isOpened():
             self.cap.release()
@@ -136,27 +155,35 @@ class CaptureSource(FrameSource):
         self._first: Frame = frame
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
+        count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        # a damaged header can declare nonsense (negative, astronomically large): then nothing is declared
+        self.declared: Optional[int] = int(count) if count and 0 < count < 1e8 else None
 
-    def __iter__(self) -> Iterator[Tuple[int, Frame]]:
-        index, failures = 0, 0
+    def __iter__(self) -> Iterator[Any]:
+        index = 0
         if self._first is not None:
             frame, self._first = self._first, None
             yield index, frame
             index += 1
+        failed = 0
         while self.cap.isOpened():
             ok, frame = self.cap.read()
             if ok and frame is not None:
-                failures = 0
+                if failed:
+                    lost = "frame %d" % index if failed == 1 else "frames %d..%d" % (index, index + failed - 1)
+                    yield SourceEvent("decode_error", index, "%s could not be decoded; decoding resumed at frame %d"
+                                      % (lost, index + failed), lost=failed)
+                    index += failed
+                    failed = 0
                 yield index, frame
                 index += 1
                 continue
-            if not self.live:
-                return
-            failures += 1
-            if failures >= self.max_failures:
-                log.warning("%s: %d consecutive failed reads; stopping", self.uri, failures)
-                return
-            yield index, None
+            failed += 1
+            if failed > self.max_skip or (self.declared is not None and index + failed >= self.declared):
+                break
+        if self.declared is not None and index < self.declared:
+            yield SourceEvent("ended_early", index, "decoding stopped after %d of the %d frames the file declares; "
+                              "the file is damaged or cut short" % (index, self.declared), declared=self.declared)
 
     def close(self) -> None:
         self.cap.release()
@@ -176,22 +203,33 @@ class ImageSource(FrameSource):
             yield i, frame
 
 
-def open_source(uri: Union[int, PathLike]) -> FrameSource:
-    """Open any source URI (see ``USAGE``); raises :class:`SourceError` naming the URI when it cannot."""
+def open_source(uri: Union[int, PathLike], live: Optional[Any] = None) -> FrameSource:
+    """Open any source URI (see ``USAGE``); raises :class:`SourceError` naming the URI when it cannot.
+
+    ``live`` is an :class:`edge.live.LiveConfig` (timeouts, reconnection) for
+    cameras and streams; the default is ``LiveConfig()``.
+    """
+    from .live import LiveConfig, LiveSource
+
     spec = parse_source(uri)
     name = os.fspath(uri) if not isinstance(uri, int) else str(uri)
+    cfg = live or LiveConfig()
     if spec.kind == "camera":
         if spec.location.isdigit():
-            return CaptureSource(name, int(spec.location), live=True, expected="camera %s" % spec.location)
+            return LiveSource(name, int(spec.location), expected="camera %s" % spec.location, config=cfg)
         if not os.path.exists(spec.location):
             raise SourceError("%s: no such camera device %s" % (name, spec.location))
-        return CaptureSource(name, spec.location, cv2.CAP_V4L2, live=True, expected="a V4L2 camera")
+        return LiveSource(name, spec.location, cv2.CAP_V4L2, expected="a V4L2 camera", config=cfg)
     if spec.kind == "csi":
-        return CaptureSource(name, csi_pipeline(spec.location, spec.options), cv2.CAP_GSTREAMER, live=True,
-                             expected="a CSI camera via GStreamer (nvarguscamerasrc; OpenCV built with GStreamer)")
+        return LiveSource(name, csi_pipeline(spec.location, spec.options), cv2.CAP_GSTREAMER, config=cfg,
+                          expected="a CSI camera via GStreamer (nvarguscamerasrc; OpenCV built with GStreamer)")
     if spec.kind == "stream":
-        return CaptureSource(name, spec.location, live=True, expected="a reachable network video stream")
+        return LiveSource(name, spec.location, cv2.CAP_FFMPEG, expected="a reachable network video stream", config=cfg)
     path = Path(spec.location)
+    if spec.kind == "recording":
+        from .record import RecordingSource
+
+        return RecordingSource(name, path)
     if spec.kind == "folder":
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
         if not files:

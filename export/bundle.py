@@ -55,12 +55,16 @@ def _file(part: str, precision: str, single: bool) -> str:
     return f"{part}.onnx" if precision == "fp32" else f"{part}.{precision}.onnx"
 
 
-def _torch_outputs(module, x: np.ndarray) -> np.ndarray:
+def _torch_outputs(module, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of ``module`` on ``x`` (one array per graph output), float32."""
     import torch
 
     with torch.no_grad():
-        return np.concatenate([module.eval().cpu()(torch.from_numpy(x[i : i + 256])).numpy()
-                               for i in range(0, len(x), 256)]).astype(np.float32)
+        chunks = []
+        for i in range(0, len(x), 256):
+            y = module.eval().cpu()(torch.from_numpy(x[i : i + 256]))
+            chunks.append([t.float().numpy() for t in (y if isinstance(y, tuple) else (y,))])
+    return [np.concatenate(c).astype(np.float32) for c in zip(*chunks)]
 
 
 def export_bundle(
@@ -99,10 +103,16 @@ def export_bundle(
         raise SignguardError("export: int8 needs a calibration set (calib_x); see calib.dataset")
     if graphs not in GRAPHS:
         raise SignguardError(f"export: graphs must be one of {GRAPHS}, got {graphs!r}")
-    if hasattr(model, "parts"):  # a defended model: purifier / rectifier (+ detector) / classifier
-        model = model.parts()
+    defended = model if hasattr(model, "parts") else None
+    if defended is not None:  # a defended model: purifier / rectifier (+ detector) / classifier
+        model = defended.parts()
     parts: Mapping[str, Any] = dict(model) if isinstance(model, Mapping) else {"model": model}
-    if graphs == "one" and len(parts) > 1:
+    gated = graphs == "one" and getattr(defended, "detector", None) is not None
+    if gated:  # one graph: rectifier, detector, select, classifier -> logits, gate score, gate decision
+        from train.defenses.base import GatedGraph
+
+        parts = {"model": GatedGraph(defended)}
+    elif graphs == "one" and len(parts) > 1:
         parts = {"model": torch.nn.Sequential(*parts.values())}
     single = list(parts) == ["model"]
 
@@ -111,44 +121,18 @@ def export_bundle(
     s = preprocess.input_size
     x_par = np.ascontiguousarray(parity_inputs, dtype=np.float32)
     x_cal = None if calib_x is None else np.ascontiguousarray(calib_x, dtype=np.float32)
-    entries, extra_files, calibration = [], [], {}
+    job = _Job(out_dir, s, precisions, x_cal, calib_method, exclude_nodes, quantizer, parity_tol)
     chain: dict[str, list[Path]] = {p: [] for p in precisions}
-    excluded: set[str] = set()
     for i, (part, module) in enumerate(parts.items()):
-        first = i == 0  # later parts see the previous part's outputs, not [0, 1] pixels
-        ref = _torch_outputs(module, x_par)
-        fp32 = torch_to_onnx(module, out_dir / _file(part, "fp32", single), input_size=s)
-        slim(fp32)
-        for prec in precisions:
-            path = out_dir / _file(part, prec, single)
-            extra: dict[str, Any] = {}
-            if prec == "fp16":
-                to_fp16(fp32, path)
-            elif prec == "int8":
-                from calib.qdq import trt_calibration_cache
-                from calib.quantize import quantize_int8
-
-                mine = [n for n in exclude_nodes if n in _node_names(fp32)]
-                excluded.update(mine)
-                report = quantize_int8(fp32, path, x_cal, method=calib_method, exclude_nodes=mine,
-                                       input_range=(0.0, 1.0) if first else None, quantizer=quantizer)
-                cache = path.with_suffix(".trt8.cache")
-                trt_calibration_cache(path, cache)
-                extra_files.append(cache.name)
-                extra = {"quantization": report, "trt_calibration_cache": cache.name}
-                calibration[part] = {"method": calib_method, "n_images": int(len(x_cal)), "quantizer": quantizer}
-            got = OrtBackend(path).run(x_par)  # a rectifier's outputs are images: compare them flattened
-            diff = compare_outputs(ref.reshape(len(ref), -1), got.reshape(len(got), -1))
-            if prec == "fp32" and diff["max_abs_diff"] > parity_tol:
-                raise SignguardError(f"{path}: ONNX parity failed, max |output diff| {diff['max_abs_diff']:.2e} > "
-                                     f"{parity_tol:.0e}")
-            log.info("%s: max |diff| vs PyTorch %.2e, argmax agreement %.4f", path.name, diff["max_abs_diff"],
-                     diff["argmax_agreement"])
-            entries.append(model_entry(path.name, prec, "onnx", part, opset=OPSET, parity=diff, **extra))
-            chain[prec].append(path)
-        if x_cal is not None and len(parts) > 1:
-            x_cal = _torch_outputs(module, x_cal)  # the next part is calibrated on what it will receive
+        ref = job.graph(part, module, x_par, job.x_cal, first=i == 0, name=None if not single else "model", chain=chain)
+        if job.x_cal is not None and len(parts) > 1:
+            job.x_cal = _torch_outputs(module, job.x_cal)[0]  # the next part is calibrated on what it will receive
         x_par = ref
+    if gated:  # the bare classifier beside it, for --no-gate and the gate-off benchmark
+        job.graph("classifier", defended.classifier, np.ascontiguousarray(parity_inputs, dtype=np.float32),
+                  None if calib_x is None else np.ascontiguousarray(calib_x, dtype=np.float32), first=True,
+                  name="classifier", chain=None)
+    entries, extra_files, calibration, excluded = job.entries, job.extra_files, job.calibration, job.excluded
 
     unknown = sorted(set(exclude_nodes) - excluded) if "int8" in precisions else []
     if unknown:
@@ -165,13 +149,103 @@ def export_bundle(
         "output": {"name": OUTPUT_NAME, "semantics": "logits", "num_classes": len(classes)},
         "preprocess": preprocess.to_dict(),
         "models": entries,
-        "gate": None,
+        "gate": gate_block(defended.detector) if gated else None,
         "tools": tool_versions(),
         "source": source or {},
-        "extra": {"graphs": graphs, "parts": list(parts), "calibration": calibration},
+        "extra": {"graphs": graphs, "parts": list(parts) + (["classifier"] if gated else []),
+                  "calibration": calibration},
     }
     write_manifest(out_dir, manifest, extra_files=extra_files)
     return out_dir
+
+
+GATE_OUTPUTS = (OUTPUT_NAME, "gate_score", "gate_fired")
+
+
+class _Job:
+    """One bundle's export state: writes each graph at every precision and collects manifest entries."""
+
+    def __init__(self, out_dir: Path, size: int, precisions: Sequence[str], x_cal: np.ndarray | None,
+                 calib_method: str, exclude_nodes: Sequence[str], quantizer: str, parity_tol: float):
+        self.out_dir, self.size, self.precisions, self.x_cal = out_dir, size, precisions, x_cal
+        self.calib_method, self.exclude_nodes, self.quantizer = calib_method, exclude_nodes, quantizer
+        self.parity_tol = parity_tol
+        self.entries: list[dict[str, Any]] = []
+        self.extra_files: list[str] = []
+        self.calibration: dict[str, Any] = {}
+        self.excluded: set[str] = set()
+
+    def graph(self, part: str, module: Any, x_par: np.ndarray, x_cal: np.ndarray | None, first: bool,
+              name: str | None, chain: dict[str, list[Path]] | None) -> np.ndarray:
+        """Export ``module`` as ``part`` at every precision; returns its PyTorch outputs on ``x_par`` (first
+        output).  A gated graph (three outputs) keeps its detector path in FP32 at INT8."""
+        refs = _torch_outputs(module, x_par)
+        names = list(GATE_OUTPUTS[: len(refs)])
+        single = name == "model"
+        fp32 = torch_to_onnx(module, self.out_dir / _file(name or part, "fp32", single), input_size=self.size,
+                             output_names=names)
+        slim(fp32)
+        keep = gate_nodes(fp32) if len(refs) == 3 else []  # a gated graph's detector path stays FP32
+        for prec in self.precisions:
+            path = self.out_dir / _file(name or part, prec, single)
+            extra: dict[str, Any] = {}
+            if prec == "fp16":
+                to_fp16(fp32, path, keep_fp32=keep)
+            elif prec == "int8":
+                from calib.qdq import trt_calibration_cache
+                from calib.quantize import quantize_int8
+
+                nodes = _node_names(fp32)
+                mine = [n for n in self.exclude_nodes if n in nodes]
+                self.excluded.update(mine)
+                report = quantize_int8(fp32, path, x_cal, method=self.calib_method,
+                                       exclude_nodes=mine + keep, input_range=(0.0, 1.0) if first
+                                       else None, quantizer=self.quantizer)
+                cache = path.with_suffix(".trt8.cache")
+                trt_calibration_cache(path, cache)
+                self.extra_files.append(cache.name)
+                extra = {"quantization": report, "trt_calibration_cache": cache.name}
+                self.calibration[part] = {"method": self.calib_method, "n_images": int(len(x_cal)),
+                                          "quantizer": self.quantizer}
+            got = OrtBackend(path).run_outputs(x_par, names)
+            diff = compare_outputs(refs[0].reshape(len(refs[0]), -1), got[names[0]].reshape(len(refs[0]), -1))
+            if len(refs) == 3:  # gate score and decision, and the final class
+                diff.update(gate_parity(refs, got, names))
+            if prec == "fp32" and diff["max_abs_diff"] > self.parity_tol:
+                raise SignguardError(f"{path}: ONNX parity failed, max |output diff| {diff['max_abs_diff']:.2e} > "
+                                     f"{self.parity_tol:.0e}")
+            log.info("%s: max |diff| vs PyTorch %.2e, argmax agreement %.4f", path.name, diff["max_abs_diff"],
+                     diff["argmax_agreement"])
+            self.entries.append(model_entry(path.name, prec, "onnx", part, opset=OPSET, parity=diff, **extra))
+            if chain is not None:
+                chain[prec].append(path)
+        return refs[0]
+
+
+def gate_parity(refs: list[np.ndarray], got: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:
+    """Gate score difference, decision agreement and final-class agreement of a gated graph vs PyTorch."""
+    return {"gate_score_max_abs_diff": float(np.abs(refs[1] - got[names[1]]).max()),
+            "gate_decision_agreement": float((refs[2] == got[names[2]]).mean())}
+
+
+def gate_nodes(onnx_path: Path) -> list[str]:
+    """Nodes of a gated graph (:class:`~train.defenses.base.GatedGraph`) that stay FP32: all but the rectifier's
+    and the classifier's -- the detector (difference, DCT MatMuls, log-abs, SVM) and the select."""
+    return sorted(n for n in _node_names(onnx_path)
+                  if not n.startswith(("/rectifier/", "/classifier/")) or n in RECTIFIER_OUTPUT_NODES)
+
+
+# The rectifier's residual sum and clip: in FP32, I - R(I) is exactly minus its last conv's output; quantized,
+# R(I) would land on an 8-bit grid (steps of 1/127) whose error swamps the small corrections on clean images.
+RECTIFIER_OUTPUT_NODES = ("/rectifier/Add", "/rectifier/Clip")
+
+
+def gate_block(detector: Any) -> dict[str, Any]:
+    """The manifest's ``gate`` block for a DCT-SVM detector: where its outputs are and what they mean."""
+    return {"kind": "dct_svm", "score_output": GATE_OUTPUTS[1], "decision_output": GATE_OUTPUTS[2],
+            "threshold": float(detector.threshold), "kernel": detector.kernel,
+            "support_vectors": int(detector.support.shape[0]),
+            "features": "log|DCT-II(gray(I - R(I)))|", "no_gate_part": "classifier"}
 
 
 def _node_names(onnx_path: Path) -> set[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 from edge.errors import SignguardError
 from edge.fileio import atomic_write_bytes
@@ -49,13 +50,15 @@ def slim(path: str | Path) -> Path:
     return _save(after, path)
 
 
-def to_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
+def to_fp16(fp32_path: str | Path, out_path: str | Path, keep_fp32: Sequence[str] = ()) -> Path:
     """FP16 weights and activations, FP32 inputs and outputs (``keep_io_types``), so the device's
-    preprocessing and the frame log do not change with the precision."""
+    preprocessing and the frame log do not change with the precision; nodes in ``keep_fp32`` (a gate's
+    detector: log of small DCT coefficients, SVM sums over 1024 features) stay FP32."""
     import onnx
     import onnxslim
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True,
+                                     node_block_list=list(keep_fp32) or None)
     # the converter appends its I/O Casts at the end of the node list; onnxslim re-sorts topologically
     return _save(onnxslim.slim(model), Path(out_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 from calib.qdq import MAX_OPSET
 
@@ -14,8 +15,10 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 
 
-def torch_to_onnx(model, path: str | Path, input_size: int = 32, opset: int = OPSET) -> Path:
-    """Export ``model`` (images (N,3,S,S) in [0,1] -> logits) to ONNX with a dynamic batch axis.
+def torch_to_onnx(model, path: str | Path, input_size: int = 32, opset: int = OPSET,
+                  output_names: Sequence[str] = (OUTPUT_NAME,)) -> Path:
+    """Export ``model`` (images (N,3,S,S) in [0,1] -> logits, or a tuple named by ``output_names``) to ONNX
+    with a dynamic batch axis.
 
     Uses the TorchScript-based exporter, which emits the requested opset
     directly (the dynamo exporter targets opset 18+ and down-converts);
@@ -36,9 +39,9 @@ def torch_to_onnx(model, path: str | Path, input_size: int = 32, opset: int = OP
         (dummy,),
         str(tmp),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(output_names),
         opset_version=opset,
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
         do_constant_folding=True,
         dynamo=False,
     )

@@ -8,7 +8,7 @@ install: before a subcommand's module is imported, the packages of the extras
 it needs are looked up, and a missing one is one line naming the extra and the
 pip command, exit code 2 -- never a ``ModuleNotFoundError`` traceback.
 :class:`edge.errors.SignguardError` becomes a one-line message and exit code
-1; ``--debug`` shows the traceback.
+1; ``--debug`` (before or after the subcommand) shows the traceback.
 
 This module is the console entry point on every install, the device's
 torch-free ``[edge]`` one included: it imports nothing beyond ``edge.errors``
@@ -30,6 +30,7 @@ from edge.errors import SignguardError
 EXTRAS = {
     "train": ("torch", "safetensors", "yaml", "onnx", "onnxscript", "onnxslim", "tqdm", "matplotlib"),
     "edge": ("onnxruntime",),
+    "report": ("matplotlib",),
 }
 
 # name -> (module, help, extras it needs)
@@ -47,6 +48,13 @@ COMMANDS = {
     "bench": ("signguard.commands.bench_cmd", "benchmark a bundle: size, accuracy, attack success, latency per format",
               ("train", "edge")),
     "demo": ("signguard.demo", "end-to-end demo on the embedded synthetic signs", ("train", "edge")),
+    "localizer": ("signguard.commands.localizer_cmd",
+                  "sign localizer: render scenes (COCO), train, export a detector bundle, evaluate", ("train",)),
+    "nrp": ("signguard.commands.nrp_cmd", "NRP purifier: train it label-free, attach it in front of a classifier",
+            ("train",)),
+    "field-report": ("signguard.commands.field_report_cmd",
+                     "drive-by frame logs -> accuracy / attack success, Wilson intervals, by size, plots (torch-free)",
+                     ("report",)),
 }
 
 
@@ -101,24 +109,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     if top.command is None:
         parser.print_help()
         return 2
-    level = logging.DEBUG if top.debug else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    debug = top.debug
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         module = _load(top.command)
         sub = argparse.ArgumentParser(prog=f"signguard {top.command}", description=COMMANDS[top.command][1])
         module.add_arguments(sub)
+        sub.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
         args = sub.parse_args(rest)
+        debug = debug or args.debug  # `signguard run --debug ...` means `signguard --debug run ...`
+        if debug:
+            logging.getLogger().setLevel(logging.DEBUG)
         try:
             return int(module.run(args) or 0)
         except ModuleNotFoundError as e:  # an optional package imported lazily inside the command
-            if top.debug:
+            if debug:
                 raise
             raise MissingExtra(_install_hint(top.command, COMMANDS[top.command][2], [e.name or str(e)])) from None
     except MissingExtra as e:
         print(f"signguard {top.command}: error: {e}", file=sys.stderr)
         return 2
     except SignguardError as e:
-        if top.debug:
+        if debug:
             raise
         print(f"signguard {top.command}: error: {e}", file=sys.stderr)
         return 1

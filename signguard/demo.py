@@ -89,7 +89,7 @@ def run_demo(out_dir: Path, quick: bool = False, progress: bool = True) -> dict[
     results: dict[str, dict[str, Any]] = {}
     for r in recipes:
         _step(2, f"training {r.name} ({r.optim.epochs} epochs)")
-        metrics = train(r, out_dir / "runs" / r.name, progress=progress, data=data)
+        metrics = train(r, out_dir / "runs" / r.name, progress=progress, data=data, overwrite=True)
         stack = r.defenses()
         results[r.name] = {"defense": stack.kind, "setting": stack.describe(), **metrics}
 
@@ -111,8 +111,10 @@ def run_demo(out_dir: Path, quick: bool = False, progress: bool = True) -> dict[
     _step(5, "running the edge loop (onnxruntime, no torch) on the video with each bundle")
     for r in recipes:
         bundle = load_bundle(out_dir / "bundles" / r.name)
+        frame_log = out_dir / f"frames_{r.name}.jsonl"
+        frame_log.unlink(missing_ok=True)  # a rerun of the demo replaces its own log (the loop refuses to)
         with open_source(str(drive.video_path)) as src:
-            s = run_loop(bundle, src, CsvRoi(drive.boxes_csv), log_path=str(out_dir / f"frames_{r.name}.jsonl"),
+            s = run_loop(bundle, src, CsvRoi(drive.boxes_csv), log_path=str(frame_log),
                          out_video=str(out_dir / f"annotated_{r.name}.mp4"))
         ref = _torch_predictions_on_video(models[r.name], drive.video_path, drive.boxes_csv, pp)
         common = [k for k in ref if k in s.predictions]

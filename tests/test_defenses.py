@@ -172,7 +172,7 @@ class HighFrequencyDetector(nn.Module):
         self.register_buffer("k", k)
         self.threshold = threshold
 
-    def forward(self, x):
+    def forward(self, x, rectified=None):
         lap = nn.functional.conv2d(x.mean(1, keepdim=True), self.k)
         return lap.pow(2).mean(dim=(1, 2, 3)) - self.threshold
 

@@ -8,6 +8,7 @@ import torch
 
 from edge.bundle import load_bundle
 from edge.errors import BundleError, SignguardError
+from edge.manifest import manifest_digest
 from edge.preprocess import PreprocessConfig
 from export.bundle import export_bundle
 from train.models import create_model
@@ -31,6 +32,14 @@ def test_manifest_records_parity_and_tools(exported):
     assert entry["parity"]["n"] == 256 and entry["parity"]["max_abs_diff"] <= 1e-4
     assert {"torch", "onnx", "onnxruntime"} <= set(m["tools"])
     assert m["input"]["shape"] == [-1, 3, 32, 32] and m["classes"] == list("abcde")
+    assert m["manifest_sha256"] == manifest_digest(m)  # export seals the manifest; edge checks it at load
+
+
+def test_exported_graph_shapes_are_what_the_manifest_says(exported):
+    _, _, out = exported
+    b = load_bundle(out)
+    graph_in, graph_out = b.backend.io_shapes
+    assert graph_in[1:] == [3, 32, 32] and graph_out[1:] in ([5], [None])
 
 
 def test_edge_bundle_matches_torch_logits_for_any_batch(exported):

@@ -9,6 +9,7 @@ regulariser-aware adaptive attacks can reach the first-layer maps.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -132,6 +133,42 @@ class LisaCNN(nn.Module):
         return self.head(self.features1(x))
 
 
+class SmallVGG(nn.Module):
+    """A VGG-style classifier for 32x32 inputs: three blocks of 3x3 conv + ReLU (2, 2, 3 convs, ``width``,
+    ``2 width``, ``4 width`` channels), 2x2 max-pool after each, FC on the 4x4 maps.
+
+    Why here: NRP's feature extractor and SSP's source are a VGG (Naseer et al. 2020, Sec. 3.3-3.4: VGG
+    features give the most transferable feature-space adversaries).  At 32x32 an ImageNet VGG-16 does not
+    apply, so this is VGG-16's first three blocks at 1/4 width (``width=16``), trained on signs.  Layers are
+    named as in VGG (``features.conv3_2``, ``features.relu3_2``, ...) so an attack can name the one it hooks.
+    """
+
+    def __init__(self, num_classes: int = 18, width: int = 16, input_norm: str = "image"):
+        super().__init__()
+        self.normalize = Normalize(input_norm)
+        layers: dict[str, nn.Module] = {}
+        cin = 3
+        for b, (n, cout) in enumerate(((2, width), (2, 2 * width), (3, 4 * width)), start=1):
+            for i in range(1, n + 1):
+                layers[f"conv{b}_{i}"] = nn.Conv2d(cin, cout, 3, padding=1)
+                layers[f"relu{b}_{i}"] = nn.ReLU()
+                cin = cout
+            layers[f"pool{b}"] = nn.MaxPool2d(2)
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.fc = nn.Linear(cin * 4 * 4, num_classes)
+        self.num_classes = num_classes
+
+    def features1(self, x: torch.Tensor) -> torch.Tensor:
+        """First-layer maps (conv1_1 + ReLU), the part BlurNet's regularisers read."""
+        return self.features[:2](self.normalize(x))
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features[2:](f), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features1(x))
+
+
 # --------------------------------------------------------------------------- builders
 
 
@@ -144,3 +181,9 @@ def lisa_cnn(num_classes: int = 18, blur_kernel: int = 0, blur_learnable: bool =
 def lisa_cnn_tiny(num_classes: int = 18, blur_kernel: int = 0, blur_learnable: bool = True, input_norm: str = "image"):
     """Same topology at 1/4 width: keeps tests fast."""
     return LisaCNN(num_classes, 16, blur_kernel, blur_learnable, input_norm)
+
+
+@register_model("vgg_small")
+def vgg_small(num_classes: int = 18, input_norm: str = "image"):
+    """VGG-16's first three blocks at 1/4 width for 32x32 inputs: NRP's feature extractor (``SmallVGG``)."""
+    return SmallVGG(num_classes, 16, input_norm)

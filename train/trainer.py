@@ -4,8 +4,12 @@ Deterministic under the recipe's seed (per-epoch shuffles come from a
 generator seeded by (seed, epoch), the LR follows a closed-form cosine of the
 epoch), so ``--resume`` after an interruption continues exactly where the
 last completed epoch left off, and resuming a finished run returns its
-recorded metrics.  Every epoch writes the checkpoint and the training state
-atomically and appends one flushed JSON line to ``log.jsonl``.
+recorded metrics.  Every epoch appends one flushed JSON line to ``log.jsonl``
+and writes the checkpoint and the training state, each tensors + JSON pair
+as one unit (:mod:`train.checkpoint`); the training state, written last,
+holds the epoch's weights too, so a kill anywhere leaves a state to resume
+from, and the log lines of epochs after it are dropped on resume.  A folder
+that already holds a run is refused unless the caller resumes or overwrites it.
 
 The loop knows no defense by name: the recipe's defenses
 (:class:`train.defenses.DefenseStack`) shape the model, choose what trains,
@@ -32,7 +36,15 @@ from edge.fileio import atomic_write_text
 
 from . import distributed as D
 from .attacks.base import batched_predict
-from .checkpoint import load_checkpoint, load_train_state, read_sidecar, save_checkpoint, save_train_state
+from .checkpoint import (
+    PENDING,
+    load_checkpoint,
+    load_train_state,
+    read_sidecar,
+    read_train_state,
+    save_checkpoint,
+    save_train_state,
+)
 from .config import Recipe
 from .data.datasets import DataBundle, Split, load_data
 from .defenses import DefenseStack, Step, classifier_of
@@ -94,6 +106,33 @@ def model_arch_options(recipe: Recipe, num_classes: int, stack: DefenseStack | N
     return {"num_classes": num_classes, "input_norm": recipe.model.input_norm, **stack.model_options()}
 
 
+# What a training run writes into its folder (an existing one is refused without --resume/--overwrite).
+RUN_FILES = ("model.json", "model.safetensors", "last.json", "last.safetensors", "train_state.json",
+             "train_state.safetensors", "log.jsonl", "recipe.json")
+
+
+def _run_files(run_dir: Path) -> list[str]:
+    """The files of a previous run in ``run_dir`` (pending tensors of a killed write included)."""
+    names = RUN_FILES + tuple(n + PENDING for n in RUN_FILES if n.endswith(".safetensors"))
+    return [n for n in names if (run_dir / n).exists()]
+
+
+def _trim_log(path: Path, last_epoch: int) -> None:
+    """Keep the complete records of epochs up to ``last_epoch`` (the state a resume starts from): a kill
+    between an epoch's log line and its training state would otherwise log that epoch twice."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line torn by a kill
+            continue
+        if line.endswith("\n") and isinstance(rec, dict) and rec.get("epoch", last_epoch + 1) <= last_epoch:
+            keep.append(line)
+    atomic_write_text(path, "".join(keep))
+
+
 def _cosine_lr(base: float, epoch: int, epochs: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
@@ -117,30 +156,43 @@ def train(
     resume: bool = False,
     progress: bool = True,
     data: DataBundle | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``recipe`` into ``run_dir``; returns the final metrics (also in ``model.json``).
 
-    With ``resume``, a run that finished returns its recorded metrics without touching the folder.
+    With ``resume``, a run that finished returns its recorded metrics without touching the folder.  A folder
+    holding a previous run is refused unless ``resume`` (continue it) or ``overwrite`` (delete its files first).
     """
     run_dir = Path(run_dir)
     o = recipe.optim
+    if resume and overwrite:
+        raise SignguardError("--resume and --overwrite exclude each other: continue the run or start it again")
+    found = _run_files(run_dir)
+    if found and not (resume or overwrite):
+        raise SignguardError(f"{run_dir}: already holds a training run ({', '.join(found)}); pass --resume to "
+                             "continue it or --overwrite to replace it")
     if resume:
         done = _finished_metrics(run_dir, o.epochs)
         if done is not None:
             log.info("%s: already finished; returning its recorded metrics", run_dir)
             return done
+        if (run_dir / "train_state.json").is_file():
+            read_train_state(run_dir)  # a damaged state fails now, not after loading the data
     world, device = D.init_world(o.device)
     try:
-        return _train(recipe, run_dir, resume, progress and world.is_main, data, world, device)
+        return _train(recipe, run_dir, resume, overwrite, progress and world.is_main, data, world, device)
     finally:
         D.close(world)
 
 
-def _train(recipe: Recipe, run_dir: Path, resume: bool, progress: bool, data: DataBundle | None,
+def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool, data: DataBundle | None,
            world: D.World, device: torch.device) -> dict[str, Any]:
     o = recipe.optim
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in _run_files(run_dir):
+                (run_dir / name).unlink()
     if o.num_threads:
         torch.set_num_threads(o.num_threads)
     torch.manual_seed(o.seed)
@@ -157,15 +209,27 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, progress: bool, data: Da
         else torch.optim.Adam(params, lr=o.lr, betas=betas, eps=eps)
     )
     stack.setup(model, device)
+    stack.prepare(model, data, run_dir, device)
     start, best, prior_s = 0, -1.0, 0.0  # prior_s: training seconds spent before a resume
     if resume and (run_dir / "train_state.json").is_file():
-        state_model, _ = load_checkpoint(run_dir / "last.json", device=device)
-        model.load_state_dict(state_model.state_dict())
-        st = load_train_state(run_dir, opt)
+        st, weights = load_train_state(run_dir, opt)
+        if weights is None:  # a state from before the weights were part of it
+            last, last_meta = load_checkpoint(run_dir / "last.json", device=device)
+            if last_meta.get("epoch") != st["epoch"]:
+                raise SignguardError(f"{run_dir}: last.json (epoch {last_meta.get('epoch')}) and train_state.json "
+                                     f"(epoch {st['epoch']}) disagree; start the run again with --overwrite")
+            weights = last.state_dict()
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise SignguardError(f"{run_dir / 'train_state.json'}: its weights do not fit this recipe's model "
+                                 f"({str(e).splitlines()[0]}); resume with the run's recipe.json") from None
         start, best, prior_s = st["epoch"] + 1, st["best_val"], float(st.get("train_time_s", 0.0))
         log.info("resuming %s at epoch %d", run_dir, start)
     elif resume:
         log.warning("--resume: no training state in %s, starting from scratch", run_dir)
+    if resume and world.is_main:
+        _trim_log(run_dir / "log.jsonl", start - 1)
     if world.is_main:
         atomic_write_text(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
 
@@ -215,6 +279,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, progress: bool, data: Da
             bar.set_postfix(loss=f"{tot[0] / tot[3]:.3f}", acc=f"{tot[2] / tot[3]:.3f}")
         tot = D.all_sum(tot, world, device)
         val_acc = accuracy(model, data.val, device)
+        score = stack.validate(model, data.val, device)  # what the best checkpoint is chosen by
+        score = val_acc if score is None else score
         rec = {
             "epoch": epoch,
             "lr": opt.param_groups[0]["lr"],
@@ -222,6 +288,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, progress: bool, data: Da
             "train_reg": tot[1] / tot[3],
             "train_acc": tot[2] / tot[3],
             "val_acc": val_acc,
+            **({} if score == val_acc else {"val_score": score}),
             "elapsed_s": round(time.time() - t0, 2),
         }
         if world.is_main:
@@ -232,20 +299,23 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, progress: bool, data: Da
             if progress:
                 print(f"  {recipe.name} epoch {epoch + 1}/{o.epochs}: loss {rec['train_loss']:.3f} "
                       f"train acc {rec['train_acc']:.3f} val acc {val_acc:.3f}", flush=True)
-            if val_acc >= best:
+            if score >= best:
                 save_checkpoint(run_dir / "model", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
             save_checkpoint(run_dir / "last", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
-            save_train_state(run_dir, opt, epoch, {"best_val": max(best, val_acc), "train_time_s": time.time() - t0})
-        best = max(best, val_acc)
+            save_train_state(run_dir, model, opt, epoch,
+                             {"best_val": max(best, score), "train_time_s": time.time() - t0})
+        best = max(best, score)
     D.barrier(world)  # rank 0 has written the best checkpoint
 
     model, final_meta = load_checkpoint(run_dir / "model.json", device=device)
+    fitted = stack.finish(model, data, run_dir, device)  # e.g. a detector fitted on the best rectifier
     metrics = {
         "val_acc": accuracy(model, data.val, device),
         "test_acc": accuracy(model, data.test, device),
         "n_test": len(data.test),
         "train_time_s": round(time.time() - t0, 1),
         "best_epoch": final_meta["epoch"],
+        **fitted,
     }
     if world.is_main:
         save_checkpoint(run_dir / "model", model, {**meta, "epoch": final_meta["epoch"], "metrics": metrics})

@@ -6,8 +6,9 @@ The model is Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm, input
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edge.manifest import model_entry, write_manifest  # noqa: E402
+from edge.manifest import DIGEST_KEY, manifest_digest, model_entry, write_manifest  # noqa: E402
 from edge.preprocess import PreprocessConfig  # noqa: E402
 
 Weights = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -105,6 +106,18 @@ def write_bundle(
     }
     write_manifest(folder, manifest)
     return folder
+
+
+def edit_manifest(bundle: Path, edit: Callable[[Dict[str, Any]], None], reseal: bool = True) -> str:
+    """Apply ``edit`` to the bundle's manifest.json and, with ``reseal``, recompute its digest as an exporter
+    would (so a test reaches the check it is about); returns the path that errors name."""
+    path = bundle / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    if reseal:
+        m[DIGEST_KEY] = manifest_digest(m)
+    path.write_text(json.dumps(m))
+    return str(path)
 
 
 def colour_frame(colour: str, box: Tuple[int, int, int, int], size: Tuple[int, int] = (96, 64)) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from edge.errors import BundleError, SignguardError
 from edge.manifest import read_manifest, write_manifest
 from edge.preprocess import PreprocessConfig
 
-from .helpers import TensorProto, helper, numpy_forward, random_weights
+from .helpers import TensorProto, edit_manifest, helper, numpy_forward, random_weights
 
 
 def test_load_exposes_manifest_fields(tiny_bundle: Path) -> None:
@@ -50,10 +49,11 @@ def test_precision_selection(tiny_bundle: Path) -> None:
 
 
 def test_default_precision_falls_back_to_first(tiny_bundle: Path) -> None:
-    m = json.loads((tiny_bundle / "manifest.json").read_text())
-    m["models"] = [e for e in m["models"] if e["precision"] == "fp16"]
-    del m["files"]["model.onnx"]
-    (tiny_bundle / "manifest.json").write_text(json.dumps(m))
+    def edit(m: dict) -> None:
+        m["models"] = [e for e in m["models"] if e["precision"] == "fp16"]
+        del m["files"]["model.onnx"]
+
+    edit_manifest(tiny_bundle, edit)
     assert load_bundle(tiny_bundle).model_path.name == "model.fp16.onnx"
 
 
@@ -67,20 +67,9 @@ def test_hash_mismatch_names_the_file(tiny_bundle: Path) -> None:
 
 
 def test_unknown_schema_version(tiny_bundle: Path) -> None:
-    m = json.loads((tiny_bundle / "manifest.json").read_text())
-    m["schema_version"] = 99
-    (tiny_bundle / "manifest.json").write_text(json.dumps(m))
+    edit_manifest(tiny_bundle, lambda m: m.update(schema_version=99))
     with pytest.raises(BundleError, match="schema_version 99 is not supported"):
         load_bundle(tiny_bundle)
-
-
-def _edit_manifest(bundle: Path, edit) -> str:
-    """Apply ``edit`` to the bundle's manifest.json; return the path that errors name."""
-    path = bundle / "manifest.json"
-    m = json.loads(path.read_text())
-    edit(m)
-    path.write_text(json.dumps(m))
-    return str(path)
 
 
 @pytest.mark.parametrize(
@@ -102,26 +91,29 @@ def _edit_manifest(bundle: Path, edit) -> str:
         (lambda m: m["files"].pop("model.onnx"), r"models\[0\]\.file: 'model\.onnx' has no hash in 'files'"),
         (lambda m: m.pop("tools"), r"missing field\(s\) \['tools'\]"),
         (lambda m: m.update(schema_version="1"), r"schema_version: expected an integer, got '1'"),
-        (lambda m: m.update(gate=[]), r"gate: expected a mapping, got \[\]"),
+        (lambda m: m.update(gate=[]), r"gate: expected a mapping, got list"),
     ],
 )
 def test_manifest_schema_errors_name_the_file_and_the_field(tiny_bundle: Path, edit, message: str) -> None:
-    where = _edit_manifest(tiny_bundle, edit)
+    where = edit_manifest(tiny_bundle, edit)
     with pytest.raises(BundleError, match="^" + re.escape(where + ": ") + message):
         read_manifest(tiny_bundle, verify_hashes=False)
 
 
+GATE = {"kind": "dct_svm", "score_output": "gate_score", "decision_output": "gate_fired", "threshold": 0.0}
+
+
 def test_manifest_optional_fields_and_engine_metadata_are_accepted(tiny_bundle: Path) -> None:
     def edit(m: dict) -> None:
-        m.update(gate={"kind": "dct-svm"}, created="2024-01-01T00:00:00+00:00", source={"checkpoint": "x"},
+        m.update(gate=GATE, created="2024-01-01T00:00:00+00:00", source={"checkpoint": "x"},
                  extra={"graphs": "one"})
         m["models"][0].update(opset=17, parity={"n": 8, "max_abs_diff": 1e-6}, quantization={"method": "entropy"})
         m["models"][1].update(trt_version="8.6.1", gpu="Orin", cache_key="abc", flags=["FP16"], quantization="qdq",
                               profile={"input": "images", "min": [1, 3, 32, 32]}, built_from="model.onnx")
 
-    _edit_manifest(tiny_bundle, edit)
+    edit_manifest(tiny_bundle, edit)
     m = read_manifest(tiny_bundle)
-    assert m["gate"] == {"kind": "dct-svm"} and m["models"][1]["flags"] == ["FP16"]
+    assert m["gate"] == GATE and m["models"][1]["flags"] == ["FP16"]
     assert isinstance(m, dict) and m["input"]["range"] == [0, 1]  # the plain JSON, not coerced dataclasses
 
 
@@ -140,17 +132,13 @@ def test_missing_manifest_and_folder(tmp_path: Path) -> None:
 
 
 def test_manifest_names_that_disagree_with_the_graph(tiny_bundle: Path) -> None:
-    m = json.loads((tiny_bundle / "manifest.json").read_text())
-    m["output"]["name"] = "probs"
-    (tiny_bundle / "manifest.json").write_text(json.dumps(m))
+    edit_manifest(tiny_bundle, lambda m: m["output"].update(name="probs"))
     with pytest.raises(BundleError, match=r"model\.onnx: the manifest names output 'probs'"):
         load_bundle(tiny_bundle)
 
 
 def test_input_shape_must_match_preprocess(tiny_bundle: Path) -> None:
-    m = json.loads((tiny_bundle / "manifest.json").read_text())
-    m["input"]["shape"] = [-1, 3, 48, 48]
-    (tiny_bundle / "manifest.json").write_text(json.dumps(m))
+    edit_manifest(tiny_bundle, lambda m: m["input"].update(shape=[-1, 3, 48, 48]))
     with pytest.raises(BundleError, match="disagrees with preprocess.input_size 32"):
         load_bundle(tiny_bundle)
 

@@ -43,7 +43,8 @@ def test_run_on_an_image_folder(colour_bundle: Path, tmp_path: Path, capsys: pyt
     assert cli.run(args) == 0
     out = capsys.readouterr().out
     assert "frames    3 (3 classified)" in out and "accuracy" not in out
-    assert [json.loads(line)["pred"] for line in log.read_text().splitlines()] == ["red", "blue", "green"]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["pred"] for r in records if "event" not in r] == ["red", "blue", "green"]
 
     args = _parser().parse_args(["--bundle", str(colour_bundle), "--source", str(folder), "--json",
                                  "--max-frames", "2"])
@@ -101,3 +102,24 @@ def test_training_subcommand_on_an_edge_only_install_names_the_extra() -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert "needs the train extra (missing: torch" in lines[0] and "pip install 'signguard[train]'" in lines[0]
+
+
+def test_debug_is_accepted_after_the_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`signguard run ... --debug` means `signguard --debug run ...`: the traceback instead of a usage error."""
+    import logging
+
+    from signguard.cli import main
+
+    args = ["--bundle", str(tmp_path / "nope"), "--source", str(tmp_path / "v.mp4")]
+    assert main(["run", *args]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    root = logging.getLogger()
+    level = root.level
+    try:
+        for argv in (["run", *args, "--debug"], ["--debug", "run", *args]):
+            with pytest.raises(SignguardError, match="does not exist"):
+                main(argv)
+            assert root.level == logging.DEBUG
+            root.setLevel(level)
+    finally:
+        root.setLevel(level)

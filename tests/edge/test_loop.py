@@ -29,6 +29,10 @@ SCRIPT = [
 ]
 
 
+def _frames(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [r for r in records if "event" not in r]
+
+
 def _box(i: int) -> Tuple[int, int, int, int]:
     return (8 + 6 * i, 12 + 2 * i, 24, 24)
 
@@ -70,7 +74,7 @@ def test_loop_logs_every_frame_and_scores_against_gt(colour_bundle: Path, drive:
 
     def progress(count: int, record: Dict[str, Any]) -> None:
         # flushed per frame: the file already holds every record so far while the loop runs
-        seen.append(len(read_log(log_path)))
+        seen.append(len(_frames(read_log(log_path))))
         assert seen[-1] == count
 
     with open_source(str(video)) as src:
@@ -80,17 +84,24 @@ def test_loop_logs_every_frame_and_scores_against_gt(colour_bundle: Path, drive:
     assert (s.frames, s.classified, s.labelled, s.correct) == (8, 7, 7, 6)
     assert s.accuracy == pytest.approx(6 / 7)
     assert s.predictions == {0: 0, 1: 1, 2: 2, 3: 0, 4: 1, 6: 0, 7: 2}
-    assert set(s.latency_ms) == {"capture", "preprocess", "infer", "total"} and s.fps > 0
-    assert not s.interrupted and json.loads(json.dumps(s.to_dict()))["predictions"]["7"] == 2
+    assert set(s.latency_ms) == {"capture", "queue", "preprocess", "infer", "total"} and s.fps > 0
+    assert s.timings_ms["gate"] is None and s.timings_ms["infer"]["n"] == 7 and s.timings_ms["total"]["n"] == 8
+    assert all(s.timings_ms[k]["p50"] <= s.timings_ms[k]["p99"] for k in ("capture", "preprocess", "infer", "total"))
+    assert not s.interrupted and s.stop_reason == "eof" and s.dropped == 0 and s.roi_missing == 0
+    assert json.loads(json.dumps(s.to_dict()))["predictions"]["7"] == 2
 
-    lines = log_path.read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    start, records, end = lines[0], lines[1:-1], lines[-1]
+    assert start["event"] == "start" and start["classes"] == COLOUR_CLASSES and start["bundle"] == "tiny-test"
+    assert end["event"] == "end" and end["reason"] == "eof" and end["frames"] == 8
     assert len(records) == 8 and [r["frame"] for r in records] == list(range(8))
-    assert all(tuple(r) == RECORD_KEYS for r in records)
+    # the frame record's keys, in order, unchanged; "batch" (frames classified together) is the only addition here
+    assert all(tuple(r)[:len(RECORD_KEYS)] == RECORD_KEYS and set(r) - set(RECORD_KEYS) <= {"batch"}
+               for r in records)
     r0, r5, r6, r7 = records[0], records[5], records[6], records[7]
     assert r0["roi"] == list(_box(0)) and r0["pred"] == "red" and r0["gt"] == "red" and r0["gate"] is None
     assert len(r0["topk"]) == 2 and r0["topk"][0]["index"] == 0 and 0.33 < r0["topk"][0]["score"] <= 1.0
-    assert set(r0["latency_ms"]) == {"capture", "preprocess", "infer", "total"}
+    assert set(r0["latency_ms"]) == {"capture", "queue", "preprocess", "infer", "total"}
     assert r5["roi"] is None and r5["pred"] is None and r5["topk"] == [] and r5["gt"] is None
     assert (r6["pred"], r6["gt"]) == ("red", "green")
     assert (r7["pred"], r7["gt"]) == ("blue", "blue")
@@ -132,7 +143,7 @@ def test_sigint_stops_cleanly_with_a_partial_summary(colour_bundle: Path, tmp_pa
     s = run_loop(load_bundle(colour_bundle), _interrupting(frames, 4), StaticRoi("10,10,20,20"),
                  log_path=str(log_path))
     assert s.interrupted and s.frames == 5 and s.classified == 5 and s.accuracy is None
-    assert len(read_log(log_path)) == 5
+    assert len(_frames(read_log(log_path))) == 5
     assert signal.getsignal(signal.SIGINT) is before
 
 

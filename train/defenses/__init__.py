@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import adversarial, augmentation, blurnet, doa, input_filter, none, smoothing  # noqa: F401  (registration)
+from . import adversarial, augmentation, blurnet, deep_defense, doa, fru, input_filter, none, nrp, prn, smoothing  # noqa: F401  (registration)
 from .base import (
     DefendedModel,
     Defense,

@@ -11,6 +11,8 @@ trainer calls each hook without knowing which defense it holds:
 * **what trains** -- :meth:`Defense.trainable`: the whole classifier (joint
   training, the default) or only the defense's own parts with the classifier
   frozen (a rectifier's stage; start the classifier from ``model.init``);
+* **around training** -- :meth:`Defense.prepare` (precomputed training material, e.g. a perturbation
+  bank) and :meth:`Defense.finish` (fits after the last epoch, e.g. an SVM detector);
 * **each batch** -- :meth:`Defense.transform` (input transforms, adversarial
   example generation), :meth:`Defense.forward` (a forward pass that also
   returns intermediate maps a loss needs) and :meth:`Defense.loss` (extra
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
@@ -75,6 +78,20 @@ class Defense:
     # ------------------------------------------------------------------ training
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Called once after the model is built and moved to ``device`` (e.g. build an attack on it)."""
+
+    def prepare(self, model: nn.Module, data: Any, run_dir: Path, device: torch.device) -> None:
+        """Called once before the first epoch with the training data and the run folder: precompute what
+        training needs from the (frozen) classifier and the data, cached in ``run_dir`` (PRN's perturbation
+        bank), so a resumed run reuses it."""
+
+    def validate(self, model: nn.Module, split: Any, device: torch.device) -> float | None:
+        """The score the best checkpoint is chosen by on the validation split; None = clean accuracy."""
+        return None
+
+    def finish(self, model: nn.Module, data: Any, run_dir: Path, device: torch.device) -> dict[str, Any] | None:
+        """Called once on the best model after the last epoch, before it is saved: fit what gradient descent
+        does not (PRN's SVM detector).  Returns metrics to record, or None."""
+        return None
 
     def transform(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: Step
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,6 +222,20 @@ class DefenseStack:
         for d in self.defenses:
             d.setup(model, device)
 
+    def prepare(self, model: nn.Module, data: Any, run_dir: Path, device: torch.device) -> None:
+        for d in self.defenses:
+            d.prepare(model, data, run_dir, device)
+
+    def validate(self, model: nn.Module, split: Any, device: torch.device) -> float | None:
+        scores = [s for s in (d.validate(model, split, device) for d in self.defenses) if s is not None]
+        return min(scores) if scores else None
+
+    def finish(self, model: nn.Module, data: Any, run_dir: Path, device: torch.device) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for d in self.defenses:
+            out.update(d.finish(model, data, run_dir, device) or {})
+        return out
+
     def transform(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: Step
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         for d in self.defenses:
@@ -289,15 +320,43 @@ class DefendedModel(nn.Module):
 
 
 class _Gate(nn.Module):
-    """Rectifier + detector: R(x) where the detector's score is > 0, x elsewhere."""
+    """Rectifier + detector: R(x) where the detector's score is > 0, x elsewhere.
+
+    The detector is called as ``detector(x, R(x))`` (so the rectifier runs once) and returns one score per
+    image, already offset by its threshold."""
 
     def __init__(self, rectifier: nn.Module, detector: nn.Module):
         super().__init__()
         self.rectifier, self.detector = rectifier, detector
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fire = (self.detector(x).reshape(-1) > 0).reshape(-1, 1, 1, 1)
-        return torch.where(fire, self.rectifier(x), x)
+        return self.select(x)[0]
+
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the classifier's input, the detector's score (N,), the decision (N,) bool)."""
+        r = self.rectifier(x)
+        score = self.detector(x, r).reshape(-1)
+        fire = score > 0
+        return torch.where(fire.reshape(-1, 1, 1, 1), r, x), score, fire
+
+
+class GatedGraph(nn.Module):
+    """A gated :class:`DefendedModel` as the device's one graph: images -> (logits, gate score, gate decision
+    as 0/1 float).  The select picks the classifier's *input* (R(x) or x), so the classifier runs once per
+    image instead of once per branch -- the same outputs as selecting between two classifier outputs."""
+
+    def __init__(self, model: DefendedModel):
+        super().__init__()
+        if model.detector is None:
+            raise ConfigError("GatedGraph: the model has no detector gate")
+        self.front, self.classifier = model.front, model.classifier
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for name, part in self.front.items():
+            if name != "gate":
+                x = part(x)
+        chosen, score, fire = self.front["gate"].select(x)
+        return self.classifier(chosen), score, fire.float()
 
 
 def classifier_of(model: nn.Module) -> nn.Module:

@@ -139,15 +139,18 @@ def verify_bundle(bundle_dir: str | Path, model: nn.Module, x: np.ndarray, y: np
     if "fp32" not in precisions:
         raise SignguardError(f"{bundle_dir}: verify compares against the FP32 graph, and the bundle has none")
     model.eval()
-    runners: list[tuple[str, str, Any]] = [
-        ("pytorch", "fp32", lambda a: predict(model, a))]
+    runners: list[tuple[str, str, Any, Any]] = [
+        ("pytorch", "fp32", lambda a: predict(model, a), None)]
     for prec in precisions:
         b = load_bundle(bundle_dir, precision=prec, verify_hashes=False)
-        runners.append(("onnxruntime", prec, lambda a, b=b: b.classify(a).argmax(1)))
+        runners.append(("onnxruntime", prec, lambda a, b=b: b.classify(a).argmax(1), b if b.gate else None))
     rows = []
-    for backend, prec, run in runners:
+    for backend, prec, run, gated in runners:
         row = {"backend": backend, "precision": prec, "accuracy": float(np.mean(np.asarray(run(x)) == y))}
         row.update({a.name: a.rate(lambda z, run=run: np.asarray(run(z))) for a in attacks})
+        if gated is not None:  # how often the gate fires: on clean images, and on each attack's images
+            row["gate_fired"] = {"clean": float(np.mean(gated.classify_gated(x)[2])),
+                                 **{a.name: float(np.mean(gated.classify_gated(a.x_adv)[2])) for a in attacks}}
         rows.append(row)
     ref = next(r for r in rows if r["backend"] == "onnxruntime" and r["precision"] == "fp32")
     failures = []
@@ -173,6 +176,12 @@ def to_markdown(report: VerifyReport) -> str:
     for r in report.rows:
         cells = [f"{100 * r[n]:.1f}%" for n in names]
         lines.append(f"| {r['backend']} | {r['precision']} | {100 * r['accuracy']:.2f}% | " + " | ".join(cells) + " |")
+    gated = [r for r in report.rows if "gate_fired" in r]
+    if gated:
+        cols = list(gated[0]["gate_fired"])
+        lines += ["", "| gate fires on (onnxruntime) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {r['precision']} | " + " | ".join(f"{100 * r['gate_fired'][c]:.1f}%" for c in cols) + " |"
+                  for r in gated]
     notes = [f"- {n}: {b}" for n, b in report.attacks.items()]
     verdict = "PASSED" if report.passed else "FAILED:\n" + "\n".join(f"- {f}" for f in report.failures)
     return (f"Clean accuracy on {report.n_images} held-out images; attacks crafted on the PyTorch model "

@@ -5,6 +5,17 @@ on the PyTorch model and transferred, and latency (p50/p99 ms per image) at
 batch 1 and at a larger batch, with throughput.  Latencies are medians of
 repeated timed runs after warm-up; nothing here asserts a speed (machines
 are shared and noisy) -- the table is the measurement, with the machine.
+
+Every runtime runs with the same number of intra-op threads (``threads``,
+default 1), recorded in the result.  Why: PyTorch's OpenMP threads
+busy-wait at the barrier that ends each parallel operator; on a machine
+whose cores are also busy with other work (a 2-core VM, a Jetson running a
+camera pipeline) a 2-thread PyTorch spends most of a batch-32 forward
+spinning while its partner thread is descheduled -- 4.4 ms of CPU per image
+against 1.2 ms with ``OMP_WAIT_POLICY=PASSIVE`` or one thread -- whereas at
+batch 1 the operators are below PyTorch's parallelisation grain and run on
+one thread.  That is the "batch 32 slower per image than batch 1" anomaly of
+issue 14 (reports/deploy/README.md has the measurement).
 """
 
 from __future__ import annotations
@@ -60,11 +71,24 @@ def _latency(fn, x: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
 
 def bench_bundle(bundle_dir: str | Path, model: nn.Module | None, x: np.ndarray, y: np.ndarray,
                  x_adv: np.ndarray | None, y_adv: np.ndarray | None, batch: int = 32, repeats: int = 50,
-                 progress: bool = True) -> dict[str, Any]:
-    """Measure every runnable row; rows that cannot run here (TensorRT off-device) say why in ``status``."""
+                 progress: bool = True, threads: int = 1) -> dict[str, Any]:
+    """Measure every runnable row; rows that cannot run here (TensorRT off-device) say why in ``status``.
+
+    PyTorch and onnxruntime both run with ``threads`` intra-op threads (see the module docstring)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _bench(Path(bundle_dir), model, x, y, x_adv, y_adv, batch, repeats, progress, threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _bench(bundle_dir: Path, model: nn.Module | None, x: np.ndarray, y: np.ndarray, x_adv: np.ndarray | None,
+           y_adv: np.ndarray | None, batch: int, repeats: int, progress: bool, threads: int) -> dict[str, Any]:
+    from edge.backends import OrtBackend
+
     from ..progress import progress as bar
 
-    bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)  # every hash checked once, here
     runners: list[tuple[str, str, str, float, Any]] = []
     if model is not None:
@@ -75,11 +99,21 @@ def bench_bundle(bundle_dir: str | Path, model: nn.Module | None, x: np.ndarray,
                 return model(torch.from_numpy(a)).numpy()
 
         runners.append(("pytorch", "fp32", "eager", 0.0, torch_fn))
-    for e in whole_model_entries(manifest, "onnx") + whole_model_entries(manifest, "engine"):
+    gated = bool(manifest.get("gate"))
+    gate_off = [e for e in manifest["models"] if gated and e["format"] == "onnx"
+                and e["part"] == manifest["gate"]["no_gate_part"]]
+    gates: dict[int, Any] = {}  # runner index -> gated bundle, for detection rates
+    for e in whole_model_entries(manifest, "onnx") + gate_off + whole_model_entries(manifest, "engine"):
         size = (bundle_dir / e["file"]).stat().st_size / 1e6
         if e["format"] == "onnx":
-            b = load_bundle(bundle_dir, precision=e["precision"], verify_hashes=False)
-            runners.append(("onnx", e["precision"], "onnxruntime-cpu", size, b.classify))
+            on = e not in gate_off
+            b = load_bundle(bundle_dir, precision=e["precision"], verify_hashes=False, gate=on)
+            b.backend = OrtBackend(b.model_path, input_name=b.backend.input_name, output_name=b.backend.output_name,
+                                   threads=threads)
+            label = "onnxruntime-cpu" + ("" if not gated else " gate-on" if on else " gate-off")
+            if gated and on:
+                gates[len(runners)] = b
+            runners.append(("onnx", e["precision"], label, size, b.classify))
         else:
             try:
                 b = load_bundle(bundle_dir, precision=e["precision"], backend="tensorrt", verify_hashes=False)
@@ -87,7 +121,7 @@ def bench_bundle(bundle_dir: str | Path, model: nn.Module | None, x: np.ndarray,
             except Exception as err:  # no TensorRT here: the row stays, with the reason
                 runners.append(("engine", e["precision"], "tensorrt", size, f"skipped: {err}"))
     rows = []
-    for fmt, prec, backend, size, fn in bar(runners, "bench", progress):
+    for i, (fmt, prec, backend, size, fn) in enumerate(bar(runners, "bench", progress)):
         row: dict[str, Any] = {"format": fmt, "precision": prec, "backend": backend, "size_mb": round(size, 3)}
         if isinstance(fn, str):
             rows.append({**row, "status": fn})
@@ -96,11 +130,15 @@ def bench_bundle(bundle_dir: str | Path, model: nn.Module | None, x: np.ndarray,
         row["accuracy"] = float(np.mean(fn(x).argmax(1) == y))
         if x_adv is not None:
             row["attack_success"] = float(np.mean(fn(x_adv).argmax(1) != y_adv))
+        if i in gates:  # the gate's firing rate on clean and on attacked images
+            row["gate_fired_clean"] = float(np.mean(gates[i].classify_gated(x)[2]))
+            if x_adv is not None:
+                row["gate_fired_attacked"] = float(np.mean(gates[i].classify_gated(x_adv)[2]))
         row["batch1"] = _latency(fn, x, 1, repeats)
         row[f"batch{batch}"] = _latency(fn, x, batch, max(5, repeats // 5))
         rows.append(row)
     return {"bundle": str(bundle_dir), "batch": batch, "repeats": repeats, "n_images": int(len(x)),
-            "machine": machine_info(), "rows": rows}
+            "threads": threads, "machine": machine_info(), "rows": rows}
 
 
 def to_markdown(res: dict[str, Any], attack: str = "") -> str:
@@ -119,8 +157,16 @@ def to_markdown(res: dict[str, Any], attack: str = "") -> str:
         lines.append(f"| {r['format']} | {r['precision']} | {r['backend']} | ok | {size} | "
                      f"{100 * r['accuracy']:.2f}% | {asr} | {b1['p50_ms']:.3f} | {b1['p99_ms']:.3f} | "
                      f"{bb['p50_ms']:.4f} | {bb['p99_ms']:.4f} | {bb['throughput']:.0f} |")
+    gated = [r for r in res["rows"] if "gate_fired_clean" in r]
+    if gated:
+        lines += ["", "| gated row | gate fires on clean | gate fires on attacked |", "|---|---|---|"]
+        lines += [f"| {r['format']} {r['precision']} | {100 * r['gate_fired_clean']:.1f}% | "
+                  + (f"{100 * r['gate_fired_attacked']:.1f}% |" if "gate_fired_attacked" in r else "- |")
+                  for r in gated]
     m = res["machine"]
+    threads = res.get("threads", m.get("torch_threads"))
     return (f"Bundle `{res['bundle']}` on {m['cpu']} ({m['cores']} cores, {m['platform']}); onnxruntime "
-            f"{m['onnxruntime']}, torch {m['torch']}.  {res['n_images']} held-out images; latency = median and "
+            f"{m['onnxruntime']}, torch {m['torch']}, {threads} intra-op thread(s) for both runtimes.  "
+            f"{res['n_images']} held-out images; latency = median and "
             f"99th percentile over {res['repeats']} timed runs at batch 1 (and {max(5, res['repeats'] // 5)} at "
             f"batch {b}) after warm-up.\n\n" + "\n".join(lines) + "\n")

@@ -22,9 +22,19 @@ Attack kinds (``kind:``):
   ``source`` are scored on ``source`` with a fixed k x k box blur on the
   input (``input_blur``) or on the first-layer feature maps
   (``feature_blur``), without retraining.
-* ``pgd``, ``fgsm``, ``deepfool``, ``uap``, ``roa`` -- pixel-space attacks on the
+* ``pgd``, ``fgsm``, ``deepfool``, ``uap``, ``roa``, ``mifgsm`` -- pixel-space attacks on the
   held-out views (``images: views``) or on ``n`` images of the model's
   synthetic test split (``images: test``).
+* ``ssp`` -- NRP's label-free feature-space attack, crafted on its own
+  ``extractor`` (a transfer attack to every model it is scored on).
+
+``craft_on`` (pixel kinds and ``rp2``) says which model the attack
+differentiates, for models with parts in front of the classifier (a purifier):
+``model`` (default) -- the whole model end to end, the adaptive white-box
+attack; ``classifier`` -- the classifier alone, its examples then scored on
+the whole model (the attacker has the classifier's weights, not the
+purifier's); ``bpda`` -- the whole model with the front parts' backward pass
+replaced by the identity (BPDA, Athalye et al. 2018).
 """
 
 from __future__ import annotations
@@ -44,17 +54,19 @@ from edge.errors import ConfigError, SignguardError
 from ..attacks.base import hyperparameters
 from ..attacks.deepfool import DeepFool
 from ..attacks.fgsm import FGSM
+from ..attacks.mifgsm import MIFGSM
 from ..attacks.pgd import PGD
 from ..attacks.roa import ROA
 from ..attacks.rp2 import RP2
+from ..attacks.ssp import SSP
 from ..attacks.uap import UAP
 from ..data.classes import LISA_INDEX
 
 #: kind -> the attack class that runs it
 ATTACKS: Dict[str, type] = {"rp2": RP2, "rp2_transfer": RP2, "pgd": PGD, "fgsm": FGSM, "deepfool": DeepFool,
-                            "uap": UAP, "roa": ROA}
+                            "uap": UAP, "roa": ROA, "mifgsm": MIFGSM, "ssp": SSP}
 KINDS = tuple(ATTACKS)
-PIXEL_KINDS = ("pgd", "fgsm", "deepfool", "uap", "roa")
+PIXEL_KINDS = ("pgd", "fgsm", "deepfool", "uap", "roa", "mifgsm", "ssp")
 THREAT = {
     "rp2": "white-box, sticker inside the mask on the sign (RP2 + EOT), targeted; scored on held-out poses",
     "rp2_transfer": "black-box transfer: stickers made on the source model, scored on blurred variants",
@@ -64,13 +76,24 @@ THREAT = {
     "uap": "white-box, one universal perturbation for all images, untargeted",
     "roa": "white-box, physically realisable: one opaque rectangle anywhere on the image (ROA, DOA Sec. 3), "
            "untargeted",
+    "mifgsm": "white-box, pixel-space, untargeted, momentum iterative FGSM (a transfer attack when crafted on "
+              "another model)",
+    "ssp": "label-free feature-space attack crafted on its own feature extractor (NRP Algorithm 1): a transfer "
+           "attack to the scored model",
+}
+#: craft_on -> how the threat-model line reads (``model``: the kind's own line says it)
+CRAFT_ON = {
+    "model": "",
+    "classifier": "; crafted on the classifier alone and scored through the model's front parts (purifier): "
+                  "the attacker has the classifier, not the purifier",
+    "bpda": "; adaptive: crafted end to end with the front parts' gradient replaced by the identity (BPDA)",
 }
 _COMMON = ("name", "kind", "models")
 #: kind -> the sweep-level keys its entries may hold (besides the attack class's hyper-parameters)
 ENTRY_KEYS: Dict[str, tuple] = {
-    "rp2": _COMMON + ("adaptive",),
+    "rp2": _COMMON + ("adaptive", "craft_on"),
     "rp2_transfer": _COMMON + ("source", "input_blur", "feature_blur"),
-    **{k: _COMMON + ("images", "n") for k in PIXEL_KINDS},
+    **{k: _COMMON + ("images", "n", "craft_on") for k in PIXEL_KINDS},
 }
 
 
@@ -89,6 +112,7 @@ class AttackEntry:
     feature_blur: List[int] = field(default_factory=list)  # rp2_transfer: k x k blurs on the conv1 maps
     images: str = "views"  # pixel kinds: held-out sign views, or the model's test split
     n: int = 500  # pixel kinds with images: test -- images drawn from the test split
+    craft_on: str = "model"  # pixel kinds, rp2: model (end to end), classifier (transfer) or bpda
     params: Dict[str, Any] = field(default_factory=dict, init=False)
     config: Dict[str, Any] = field(default_factory=dict, init=False)
 
@@ -97,6 +121,7 @@ class AttackEntry:
         if self.adaptive is not None:
             check_choice(self.adaptive, ("regularizer",), "adaptive")
         check_choice(self.images, ("views", "test"), "images")
+        check_choice(self.craft_on, tuple(CRAFT_ON), "craft_on")
         check_range(self.n, "n", lo=1)
         for key in ("input_blur", "feature_blur"):
             if any(k < 1 or k % 2 == 0 for k in getattr(self, key)):

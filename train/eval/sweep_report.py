@@ -18,7 +18,7 @@ import numpy as np
 from edge.fileio import atomic_write_bytes
 
 from ..data.classes import LISA_CLASSES
-from .sweep_config import THREAT, AttackEntry, SweepConfig
+from .sweep_config import CRAFT_ON, THREAT, AttackEntry, SweepConfig
 
 _NORM_NAMES = {"linf": "L-inf", "l2": "L2"}
 
@@ -34,6 +34,11 @@ def budget_of(a: AttackEntry) -> str:
         return f"unbounded {_NORM_NAMES[c['norm']]}, overshoot {c['overshoot']}"
     if a.kind == "uap":
         return f"{c['norm']} xi={'default' if c['xi'] is None else c['xi']}"
+    if a.kind == "ssp":
+        return (f"linf eps={c['eps']:.4f} (= {c['eps'] * 255:.1f}/255), {c['steps']} steps of {c['alpha']:g} on "
+                f"{c['layer']} of {c['extractor']}")
+    if a.kind == "mifgsm":
+        return f"linf eps={c['eps']:.4f} (= {c['eps'] * 255:.1f}/255), {c['steps']} steps, momentum {c['decay']:g}"
     if a.kind == "roa":
         return (f"{c['height']}x{c['width']} rectangle, content unbounded in [0, 1]; {c['search']} position "
                 f"search (stride {c['stride']}), {c['steps']} signed steps of {c['alpha']:.4f}")
@@ -64,12 +69,13 @@ def to_markdown(cfg: SweepConfig, results: dict[str, Any]) -> str:
     if results.get("quick"):
         out += [f"**Quick profile** -- {results.get('quick_note', '')}", ""]
     out += _rp2_summary(cfg, results)
+    out += _strongest_summary(cfg, results)
     for a in cfg.attacks:
         rows = results["attacks"].get(a.name, [])
         if not rows:
             continue
         out += [f"## {a.name}", "",
-                f"Threat model: {THREAT[a.kind]}.  Budget: {budget_of(a)}.  "
+                f"Threat model: {THREAT[a.kind]}{CRAFT_ON[a.craft_on]}.  Budget: {budget_of(a)}.  "
                 f"Samples: {rows[0].get('n_views', rows[0].get('n', ''))}.  Seed: {cfg.seed}.", "",
                 f"Attack parameters (effective): `{config_line(a)}`.", ""]
         if a.kind == "rp2":
@@ -120,6 +126,37 @@ def _rp2_summary(cfg: SweepConfig, results: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | {_fmt(legit)} | " + " | ".join(cells)
                          + f" | {best[0]}: {_fmt(best[1]['avg_asr'])} / {_fmt(best[1]['worst_asr'])} |")
     return lines + [""]
+
+
+def _strongest_summary(cfg: SweepConfig, results: dict[str, Any]) -> list[str]:
+    """Per model, the pixel attack that left the lowest accuracy and the sticker attack with the highest
+    average targeted success: each defense beside its strongest attack (budgets differ between attacks, so
+    the attack's name and budget are given with the number)."""
+    pixel = [a for a in cfg.attacks if a.kind != "deepfool"  # unbounded: always "strongest"
+             and "adv_acc" in (results["attacks"].get(a.name) or [{}])[0]]
+    stickers = [a for a in cfg.attacks if a.kind == "rp2" and results["attacks"].get(a.name)]
+    if len(pixel) + len(stickers) < 2:
+        return []
+    lines = ["## Summary: strongest attack per model", "",
+             "Lowest accuracy under any pixel attack, and highest average targeted success of any sticker attack, "
+             "per model (- = none run on it).", "",
+             "| model | legit_acc | strongest pixel attack | accuracy under it | strongest sticker attack "
+             "| avg / worst targeted ASR |", "|---|---|---|---|---|---|"]
+    for label in cfg.models:
+        px, st = _best(results, pixel, label, "adv_acc", 1), _best(results, stickers, label, "avg_asr", -1)
+        if px is None and st is None:
+            continue
+        legit = (px or st)[1].get("legit_acc", float("nan"))
+        cells = [f"{px[0].name} ({budget_of(px[0])})", _fmt(px[1]["adv_acc"])] if px else ["-", "-"]
+        cells += [st[0].name, f"{_fmt(st[1]['avg_asr'])} / {_fmt(st[1]['worst_asr'])}"] if st else ["-", "-"]
+        lines.append(f"| {label} | {_fmt(legit)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _best(results: dict[str, Any], attacks: list[AttackEntry], label: str, key: str, sign: int):
+    """The (attack, row) of ``label`` minimising ``sign * row[key]`` among ``attacks``, or None."""
+    rows = [(a, r) for a in attacks for r in results["attacks"][a.name] if r["model"] == label]
+    return min(rows, key=lambda ar: sign * ar[1][key]) if rows else None
 
 
 def to_csv(results: dict[str, Any]) -> str:

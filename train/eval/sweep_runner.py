@@ -34,8 +34,8 @@ from .sweep_config import AttackEntry, SweepConfig, load_sweep
 from .sweep_report import plot, to_csv, to_markdown
 
 # ``from train.eval.sweep_runner import load_sweep, run_sweep``: the whole sweep API from one place
-__all__ = ["Runner", "cell_key", "cells_of", "feature_blur", "input_blur", "load_sweep", "regularizer_of", "rp2_row",
-           "run_sweep"]
+__all__ = ["Runner", "cell_key", "cells_of", "crafting_model", "feature_blur", "input_blur", "load_sweep",
+           "regularizer_of", "rp2_row", "run_sweep"]
 
 # --------------------------------------------------------------------------- model variants
 
@@ -60,6 +60,20 @@ def feature_blur(model: nn.Module, meta: dict[str, Any], k: int) -> nn.Module:
     return m.eval()
 
 
+def crafting_model(model: nn.Module, craft_on: str) -> nn.Module:
+    """The model an attack differentiates (``craft_on``, see :mod:`train.eval.sweep_config`): the scored model
+    itself, the classifier inside it, or the model with its front parts (purifier) made identity on the
+    backward pass (BPDA).  A model without front parts is its own classifier: every choice is the same."""
+    from ..attacks.bpda import BPDA
+    from ..defenses import classifier_of
+
+    if craft_on == "model" or not hasattr(model, "front_of"):
+        return model
+    if craft_on == "classifier":
+        return classifier_of(model)
+    return nn.Sequential(BPDA(model.front_of), classifier_of(model)).eval()
+
+
 def regularizer_of(meta: dict[str, Any]):
     """The first-layer training regulariser of a checkpoint's defense (Eq. 9-11), or None."""
     from ..defenses import attack_regularizer
@@ -76,6 +90,8 @@ def cell_key(a: AttackEntry, model_path: str, cfg: SweepConfig) -> str:
     _, meta = read_sidecar(model_path)
     # which models an attack runs on is not a property of one (attack, model) cell
     attack = {k: v for k, v in to_dict(a).items() if k not in ("models", "params")}
+    if attack.get("craft_on") == "model":  # the default: keys of sweeps written before the option stay valid
+        del attack["craft_on"]
     blob = json.dumps({"attack": attack, "model": meta["weights_sha256"], "views": to_dict(cfg.views),
                        "seed": cfg.seed, "sign": cfg.sign}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -166,9 +182,15 @@ class Runner:
                     evaluate_stickers(feature_blur(model, meta, k), self.heldout, res), meta)
             return {"variants": rows, "n_views": len(self.heldout), "attack_config": atk.config()}
         x, y = self.images(a, meta)
-        atk = a.make(model)
+        atk = a.make(crafting_model(model, a.craft_on))
         r = atk(x, y, seed=self.cfg.seed)
         info = r.info
+        if a.craft_on != "model":  # crafted on another model: the scored model's predictions
+            from ..attacks.base import batched_predict
+
+            info = {**info, "pred_clean": batched_predict(model, x).numpy(),
+                    "pred_adv": batched_predict(model, r.x_adv).numpy()}
+            info["fooling_ratio"] = metrics.fooling_ratio(info["pred_clean"], info["pred_adv"])
         row = {
             "legit_acc": meta.get("metrics", {}).get("test_acc", float("nan")),
             "clean_acc": metrics.accuracy(info["pred_clean"], y.numpy()),
@@ -189,8 +211,8 @@ class Runner:
         once per RP2 setting: a transfer attack with the white-box attack's settings reuses its stickers."""
         from ..attacks.rp2 import evaluate_stickers
 
-        atk = a.make(model, feature_penalty=penalty)
-        key = json.dumps([label, atk.config()], sort_keys=True)
+        atk = a.make(crafting_model(model, a.craft_on), feature_penalty=penalty)
+        key = json.dumps([label, a.craft_on, atk.config()], sort_keys=True)
         if key not in self._rp2:
             targets = [c for c in range(len(LISA_CLASSES)) if c != self.class_id]
             res = atk(self.train_views, targets, seed=self.cfg.seed)

@@ -1,0 +1,298 @@
+"""FRU (Borkar et al., CVPR 2020) on LISA-CNN: training perturbations, ablation runs, and reports/fru/.
+
+    python bench/fru_report.py perturbations --dataset lisa18      # train / held-out UAPs of the frozen base
+    signguard train --config configs/fru.yaml --run-dir runs/fru/lisa18/fru   # the FRU model itself
+    python bench/fru_report.py ablations --dataset lisa18          # q and number-of-layers variants
+    python bench/fru_report.py deploy --dataset lisa18 gtsrb32     # export, verify, bench, edge loop
+    python bench/fru_report.py report --dataset lisa18 gtsrb32     # -> reports/fru/
+
+Perturbations: the training set V (UAP and sPGD, seeds 1..) and the held-out test set (UAP and sPGD with
+seeds 101.., never seen in training, plus Akhtar et al.'s synthetic perturbations grown from those held-out
+ones: an algorithm the FRUs were not trained with) are all made on the frozen base classifier at the budget
+``xi`` where its fooling ratio is >= 0.8, fitted on training images and scored on test images
+(:func:`train.eval.attack_artifacts.universal_perturbation`).  Everything under ``runs/fru/`` is resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge.fileio import atomic_write_json, atomic_write_text  # noqa: E402
+
+XI = 32 / 255  # L-inf budget: the LISA-18 baseline's UAP fooling ratio reaches 0.8 here (reports/uap_baseline)
+DATASETS = {
+    "lisa18": {"base": "runs/sweep/synthetic/baseline", "config": "configs/fru.yaml", "xi": XI,
+               "title": "synthetic LISA-18"},
+    "gtsrb32": {"base": "runs/gtsrb32/baseline", "config": "configs/fru_gtsrb32.yaml", "xi": XI,
+                "title": "GTSRB-32"},
+}
+# (method, seed, attack hyper-parameters): UAP = Moosavi-Dezfooli's DeepFool loop, sPGD = stochastic PGD.  The
+# DeepFool loop costs ~10x an sPGD run on CPU, hence two of each split; the sPGD ones come first.
+_UAP = {"batch_size": 8, "max_passes": 15}
+TRAIN_SET = [("spgd", s, {}) for s in range(1, 11)] + [("uap", s, _UAP) for s in (1, 2)]
+TEST_SET = [("spgd", s, {}) for s in (101, 102, 103)] + [("uap", s, _UAP) for s in (101, 102)]
+AKHTAR_N = 5  # held-out synthetic perturbations (Akhtar et al. Algorithm 1) grown from the held-out UAPs
+ABLATIONS = {"q25": {"defense.ratio": 0.25}, "q75": {"defense.ratio": 0.75}, "q100": {"defense.ratio": 1.0},
+             "layers1": {"defense.layers": 1}, "layers2": {"defense.layers": 2}}
+
+
+def run_root(ds: str) -> Path:
+    return ROOT / "runs" / "fru" / ds
+
+
+def perturbations(ds: str, splits: list[str]) -> None:
+    """Make every training and/or held-out universal perturbation of ``ds`` that is not on disk yet."""
+    from train.eval.attack_artifacts import universal_perturbation
+
+    spec = DATASETS[ds]
+    for split, items in (("train", TRAIN_SET), ("test", TEST_SET)):
+        if split not in splits:
+            continue
+        for method, seed, params in items:
+            out = run_root(ds) / "perturbations" / split / f"{method}_s{seed}"
+            if (out / "uap.npy.json").is_file():
+                continue
+            t0 = time.time()
+            a = universal_perturbation(ROOT / spec["base"], out, method=method, seed=seed, xi=spec["xi"], **params)
+            m = a.metrics
+            print(f"{ds} {split} {method} seed {seed}: fooling ratio {m['fooling_ratio']:.3f} (fit), "
+                  f"{m['heldout_fooling_ratio']:.3f} (held-out), {time.time() - t0:.0f} s", flush=True)
+
+
+def ablations(ds: str, epochs: int | None) -> None:
+    """Train the q / number-of-layers variants of ``ds``'s FRU recipe (resumable)."""
+    from train.config import load_recipe
+    from train.trainer import train
+
+    spec = DATASETS[ds]
+    for name, over in ABLATIONS.items():
+        over = dict(over)
+        if epochs:
+            over["optim.epochs"] = epochs
+        recipe = load_recipe(ROOT / spec["config"], over)
+        m = train(recipe, run_root(ds) / f"ablation_{name}", resume=True, progress=False)
+        print(f"{ds} ablation {name}: test acc {m['test_acc']:.4f} ({m['train_time_s']:.0f} s)", flush=True)
+
+
+def deploy(ds: str, out: Path) -> None:
+    """Export the FRU (FP32 + INT8), verify and bench the bundle, and (LISA-18) run the edge loop on a rendered
+    drive-by of a stop sign: the CLI commands a user runs, their outputs in ``out`` and ``out/deploy_<ds>.md``."""
+    import subprocess
+
+    root = run_root(ds).relative_to(ROOT)
+    bundle, uap = root / "bundle", root / "perturbations" / "test" / "spgd_s101" / "uap.npy"
+    steps = [["export", "--checkpoint", root / "fru", "--out", bundle, "--precision", "fp32", "int8", "--quiet"],
+             ["verify", "--bundle", bundle, "--uap", uap, "--out", out / f"verify_{ds}"],
+             ["bench", "--bundle", bundle, "--out", out / f"bench_{ds}"]]
+    if ds == "lisa18":
+        video = Path("runs/fru/driveby_stop")
+        (ROOT / root / "frames.jsonl").unlink(missing_ok=True)
+        steps += [["render", "driveby", "--sign", "stop", "--out", video],
+                  ["run", "--bundle", bundle, "--source", video / "driveby.mp4", "--roi", video / "driveby.csv",
+                   "--precision", "int8", "--log", root / "frames.jsonl", "--quiet", "--json"]]
+    lines = [f"# FRU deployment, {DATASETS[ds]['title']}", "", "Regenerate: `python bench/fru_report.py deploy "
+             f"--dataset {ds}` (runs the commands below in order, from the repository root).", ""]
+    for argv in steps:
+        argv = [str(a) for a in argv]
+        t0 = time.time()
+        p = subprocess.run([sys.executable, "-m", "signguard", *argv], cwd=ROOT, capture_output=True, text=True)
+        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-40:])
+        lines += [f"## `signguard {' '.join(argv)}`", "", f"exit code {p.returncode}, {time.time() - t0:.0f} s", "",
+                  "```", tail, "```", ""]
+        print(f"signguard {argv[0]}: exit {p.returncode}", flush=True)
+        if argv[0] == "run":
+            atomic_write_text(out / f"edge_{ds}.md", "\n".join(lines[-6:]) + "\n")
+    atomic_write_text(out / f"deploy_{ds}.md", "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------- measurements
+
+
+def _cached(path: Path, key: dict, fn):
+    """``fn()``'s JSON result, recomputed only when ``key`` (what it depends on) changed."""
+    if path.is_file():
+        got = json.loads(path.read_text(encoding="utf-8"))
+        if got.get("key") == key:
+            return got["value"]
+    value = fn()
+    atomic_write_json(path, {"key": key, "value": value})
+    return value
+
+
+def _eval_images(meta: dict, ds: str):
+    """The test images every number is measured on: LISA-18's whole rendered test split, 2000 GTSRB test images."""
+    from train.data.datasets import load_checkpoint_data
+
+    test = load_checkpoint_data(meta, progress=False).test
+    s = test.sample(2000, 0) if ds == "gtsrb32" else test
+    return torch.from_numpy(s.x), s.y
+
+
+def max_inner_products(a, b=None) -> float:
+    """Largest |<u, v>| / (||u|| ||v||) between perturbations of ``a`` (pairs of distinct ones) or of ``a`` x
+    ``b``: the paper keeps its test perturbations below 0.15 of each other."""
+    fa = a.reshape(len(a), -1) / np.linalg.norm(a.reshape(len(a), -1), axis=1, keepdims=True)
+    fb = fa if b is None else b.reshape(len(b), -1) / np.linalg.norm(b.reshape(len(b), -1), axis=1, keepdims=True)
+    g = np.abs(fa @ fb.T)
+    if b is None:
+        np.fill_diagonal(g, 0)
+    return float(g.max())
+
+
+def restoration(ds: str, base, fru, fru_run: Path, x, y) -> dict:
+    """Per held-out perturbation (and a white-box sPGD made on the FRU model itself): restoration rows."""
+    from train.defenses.fru import load_perturbation_set
+    from train.eval.attack_artifacts import universal_perturbation
+    from train.eval.fru_restoration import heldout_set, restoration_row, summarize
+
+    spec, root = DATASETS[ds], run_root(ds)
+    held = heldout_set(root / "perturbations" / "test", AKHTAR_N, spec["xi"], seed=0)
+    rows = [{"name": n, "method": m.get("method", "?"), **restoration_row(base, fru, x, y, v)} for n, v, m in held]
+    train_v, _ = load_perturbation_set(root / "perturbations" / "train")
+    test_real = [v for n, v, _ in held if not n.startswith("akhtar")]
+    sec_dir = fru_run / "secondary_spgd_s201"  # beside the FRU checkpoint: made against these weights
+    if not (sec_dir / "uap.npy.json").is_file():
+        universal_perturbation(fru_run, sec_dir, method="spgd", seed=201, xi=spec["xi"])
+    from train.attacks.uap import load_perturbation
+
+    v_sec, _ = load_perturbation(sec_dir / "uap.npy")
+    secondary = {"name": "spgd_s201 vs FRU", "method": "spgd (white-box on the FRU model)",
+                 **restoration_row(base, fru, x, y, v_sec)}
+    return {"rows": rows, "summary": summarize(rows), "secondary": secondary, "n_train_real": int(len(train_v)),
+            "max_ip_test": max_inner_products(np.stack(test_real)),
+            "max_ip_test_train": max_inner_products(np.stack(test_real), train_v)}
+
+
+def ranking(ds: str, base, x, y) -> dict:
+    """Sec. 4.1 on the base: L1 norm vs observed noise per channel, and the Fig. 3 masking experiment."""
+    from train.defenses.fru import load_perturbation_set
+    from train.eval.fru_ranking import masking_study, ranking_study
+
+    v, metas = load_perturbation_set(run_root(ds) / "perturbations" / "test")
+    xs, ys = x[:500], torch.as_tensor(y[:500])
+    study = ranking_study(base, xs, v)
+    masks = [masking_study(base, xs, ys, vi) for vi in v]
+    layers = list(study)
+    mask = {"clean": masks[0]["clean"], "perturbed": float(np.mean([m["perturbed"] for m in masks])),
+            **{n: {w: float(np.mean([m[n][w] for m in masks])) for w in ("top", "bottom", "random")} for n in layers}}
+    return {"layers": {n: {k: (val.tolist() if hasattr(val, "tolist") else val) for k, val in r.items()}
+                       for n, r in study.items()},
+            "masking": mask, "n_images": len(xs), "perturbations": [Path(m["file"]).parent.name for m in metas]}
+
+
+def ablation_rows(ds: str, base, x, y) -> list[dict]:
+    """Restoration summary of the main FRU and of every trained ablation run of ``ds``."""
+    from train.checkpoint import load_checkpoint
+    from train.eval.fru_restoration import heldout_set, restoration_row, summarize
+
+    held = heldout_set(run_root(ds) / "perturbations" / "test", AKHTAR_N, DATASETS[ds]["xi"], seed=0)
+    out = []
+    for name in ["fru", *(f"ablation_{a}" for a in ABLATIONS)]:
+        run = run_root(ds) / name
+        if not (run / "model.json").is_file():
+            continue
+        model, meta = load_checkpoint(run)
+        s = summarize([restoration_row(base, model, x, y, v) for _, v, _ in held])
+        d = meta["defense"]
+        out.append({"run": name, "ratio": d["ratio"], "layers": d["layers"], "test_acc": meta["metrics"]["test_acc"],
+                    "params": sum(p.numel() for p in model.regen.parameters()), "epochs": meta["recipe"]["optim"]
+                    ["epochs"], **{k: s[k] for k in ("restoration_def", "min_restoration_def", "fooling_def",
+                                                      "acc_def_adv")}})
+    return out
+
+
+def stickers(base, fru, meta_base, meta_fru, steps: int = 60) -> dict:
+    """RP2 (white-box and low-frequency, all 17 targets, the settings of bench/sticker_robustness.py) on the
+    synthetic stop sign: made on the base and scored on base and FRU (non-adaptive), and made on the FRU."""
+    from train.attacks.rp2 import RP2, evaluate_stickers
+    from train.attacks.views import render_views
+    from train.data.classes import LISA_CLASSES, LISA_INDEX
+    from train.eval.sweep_runner import rp2_row
+
+    stop = LISA_INDEX["stop"]
+    views, held = render_views(stop, 20, 1), render_views(stop, 40, 2)
+    targets = [c for c in range(len(LISA_CLASSES)) if c != stop]
+    keep = ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")
+    out = {}
+    for label, dct in (("rp2_whitebox", 0), ("rp2_lowfreq", 16)):
+        def attack(model, dct=dct):
+            return RP2(model, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct)(views, targets, seed=0)
+
+        on_base = attack(base)
+        rows = {"base": rp2_row(evaluate_stickers(base, held, on_base), meta_base),
+                "fru_nonadaptive": rp2_row(evaluate_stickers(fru, held, on_base), meta_fru),
+                "fru_whitebox": rp2_row(evaluate_stickers(fru, held, attack(fru)), meta_fru)}
+        out[label] = {k: {f: r[f] for f in keep} for k, r in rows.items()}
+    out["settings"] = {"steps": steps, "views": 20, "heldout": 40, "targets": len(targets)}
+    return out
+
+
+def measure(ds: str) -> dict:
+    from train.checkpoint import load_checkpoint
+
+    spec, root = DATASETS[ds], run_root(ds)
+    base, meta_b = load_checkpoint(ROOT / spec["base"])
+    fru, meta_f = load_checkpoint(root / "fru")
+    x, y = _eval_images(meta_b, ds)
+    key = {"base": meta_b["weights_sha256"], "fru": meta_f["weights_sha256"], "n": len(y)}
+    t0 = time.time()
+    res = {"dataset": ds, "title": spec["title"], "xi": spec["xi"], "n_eval": int(len(y)),
+           "base": {"path": spec["base"], "test_acc": meta_b["metrics"]["test_acc"],
+                    "params": sum(p.numel() for p in base.parameters())},
+           "fru": {"path": str(root.relative_to(ROOT) / "fru"), "test_acc": meta_f["metrics"]["test_acc"],
+                   "defense": meta_f["defense"], "epochs": meta_f["recipe"]["optim"]["epochs"],
+                   "best_epoch": meta_f["metrics"].get("best_epoch"),
+                   "params": sum(p.numel() for p in fru.regen.parameters())}}
+    res["restoration"] = _cached(root / "cache" / "restoration.json", key,
+                                 lambda: restoration(ds, base, fru, root / "fru", x, y))
+    res["ranking"] = _cached(root / "cache" / "ranking.json", {"base": key["base"]}, lambda: ranking(ds, base, x, y))
+    runs = sorted(str(p / "model.json") for p in root.glob("ablation_*") if (p / "model.json").is_file())
+    res["ablations"] = _cached(root / "cache" / "ablations.json", {**key, "runs": runs},
+                               lambda: ablation_rows(ds, base, x, y))
+    if ds == "lisa18":  # RP2 renders the LISA-18 signs; the GTSRB model's classes are not those
+        res["stickers"] = _cached(root / "cache" / "stickers.json", key,
+                                  lambda: stickers(base, fru, meta_b, meta_f))
+    res["wall_s"] = round(time.time() - t0, 1)
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=["perturbations", "ablations", "deploy", "report"])
+    p.add_argument("--dataset", nargs="+", default=["lisa18"], choices=list(DATASETS))
+    p.add_argument("--split", nargs="+", default=["train", "test"], choices=["train", "test"],
+                   help="perturbations: which sets to make")
+    p.add_argument("--epochs", type=int, help="ablations: override the recipe's epochs")
+    p.add_argument("--out", default="reports/fru")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    for ds in args.dataset:
+        if args.stage == "perturbations":
+            perturbations(ds, args.split)
+        elif args.stage == "ablations":
+            ablations(ds, args.epochs)
+        elif args.stage == "deploy":
+            deploy(ds, Path(args.out))
+    if args.stage == "report":
+        from bench.fru_tables import write_report
+
+        out = Path(args.out)
+        results = {ds: measure(ds) for ds in args.dataset}
+        results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+        write_report(results, out)
+
+
+if __name__ == "__main__":
+    main()

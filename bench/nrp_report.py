@@ -1,0 +1,419 @@
+"""NRP's evidence (Naseer et al. 2020) -> reports/nrp/.
+
+    python bench/nrp_report.py layers    # which extractor layer SSP attacks: ssp_layers.{md,json,png}
+    python bench/nrp_report.py report    # attach, sweep, ablation, device checks: README.md + eval/ + device/
+
+``layers`` reproduces the paper's Fig. 4 choice at our scale: SSP at every ReLU of the feature extractor
+(``runs/nrp/extractor``), each example scored on two *selection* classifiers that are neither the extractor
+nor any classifier the purifier is later evaluated on (BlurNet Tik_hf and DOA LISA-CNNs); the layer whose
+examples fool them most on average is the one the purifier trains on (``configs/nrp.yaml: layer``).
+
+``report`` puts each trained purifier (``runs/nrp/purifier``, and the two ablations) in front of the
+classifiers it never saw, runs ``signguard eval configs/eval/nrp.yaml`` into ``reports/nrp/eval/``, exports the
+defended baseline as one graph and as two parts with INT8, runs verify, bench and the edge loop on it, and
+writes the summary tables (accuracy restored, clean cost, ablation, adaptive rows) to ``reports/nrp/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "reports" / "nrp"
+EXTRACTOR = "runs/nrp/extractor"
+# score the layer choice; neither is ever evaluated behind the purifier (nor is the extractor)
+SELECTION = ("runs/sweep/synthetic/blurnet_tik_hf", "runs/doa_s10")
+LAYERS = ("features.relu1_1", "features.relu1_2", "features.relu2_1", "features.relu2_2", "features.relu3_1",
+          "features.relu3_2", "features.relu3_3")
+
+
+def machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} thread(s)")
+
+
+def _save_png(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------- layers (Fig. 4)
+
+
+def layer_study(n: int, eps: float, steps: int, seed: int) -> dict[str, Any]:
+    """SSP at each layer of the extractor; accuracy of each selection classifier on the examples (and on
+    random-sign noise of the same budget, what a feature-blind perturbation does)."""
+    from train.attacks.ssp import SSP
+    from train.checkpoint import load_checkpoint
+    from train.data.datasets import load_checkpoint_data
+    from train.eval import metrics
+
+    models = {s: load_checkpoint(ROOT / s) for s in SELECTION}
+    test = load_checkpoint_data(models[SELECTION[0]][1], progress=False).test.sample(n, seed)  # both: seed-0 signs
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y).long()
+    gen = torch.Generator().manual_seed(seed)
+    noise = (x + eps * torch.randn(x.shape, generator=gen).sign()).clamp(0, 1)
+
+    def scores(xa: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            return {s: metrics.accuracy(m(xa).argmax(1).numpy(), y.numpy()) for s, (m, _) in models.items()}
+
+    clean, rows = scores(x), []
+    for layer in LAYERS:
+        t0 = time.time()
+        atk = SSP(models[SELECTION[0]][0], extractor=str(ROOT / EXTRACTOR), layer=layer, eps=eps, alpha=eps / 8,
+                  steps=steps)
+        r = atk(x, y, seed=seed)
+        acc = scores(r.x_adv)
+        rows.append({"layer": layer, "adv_acc": acc, "mean_drop": float(np.mean([clean[s] - acc[s] for s in acc])),
+                     "feature_distortion": float(np.mean(r.info["feature_distortion"])),
+                     "seconds": round(time.time() - t0, 1)})
+        print(f"  {layer}: accuracy {acc}", flush=True)
+    best = max(rows, key=lambda r: r["mean_drop"])
+    return {"selection_models": list(SELECTION), "extractor": EXTRACTOR, "n": n, "eps": eps, "steps": steps,
+            "alpha": eps / 8, "seed": seed, "clean_acc": clean, "random_sign_noise_acc": scores(noise),
+            "rows": rows, "chosen": best["layer"], "machine": machine()}
+
+
+def write_layers(res: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = res["selection_models"]
+    pct = "% | ".join
+    lines = ["# SSP layer choice (NRP Fig. 4 at 32x32)", "",
+             "Regenerate: `python bench/nrp_report.py layers` (needs `runs/nrp/extractor`, trained by "
+             "`signguard train --config configs/nrp_extractor.yaml --run-dir runs/nrp/extractor`).", "",
+             f"SSP (L-inf eps {res['eps'] * 255:.0f}/255, {res['steps']} steps of {res['alpha'] * 255:.0f}/255, "
+             f"random first step) at each ReLU of the extractor (`vgg_small`, `{res['extractor']}`), scored on "
+             f"{res['n']} test images by two **selection classifiers** (" + ", ".join(f"`{s}`" for s in sel)
+             + ") -- LISA-CNNs the purifier is never evaluated behind, so the choice does not peek at the "
+             f"evaluation.  Seed {res['seed']}.  Machine: {res['machine']}.", "",
+             "| layer | " + " | ".join(f"accuracy, {Path(s).name}" for s in sel)
+             + " | mean accuracy drop | feature distortion (MAE) |", "|---|" + "---|" * (len(sel) + 2),
+             "| clean | " + pct(f"{100 * res['clean_acc'][s]:.1f}" for s in sel) + "% | - | - |",
+             "| random-sign noise, same budget | " + pct(f"{100 * res['random_sign_noise_acc'][s]:.1f}" for s in sel)
+             + "% | - | - |"]
+    for r in res["rows"]:
+        mark = " **(chosen)**" if r["layer"] == res["chosen"] else ""
+        lines.append(f"| SSP at {r['layer']}{mark} | " + pct(f"{100 * r['adv_acc'][s]:.1f}" for s in sel)
+                     + f"% | {100 * r['mean_drop']:.1f} pts | {r['feature_distortion']:.4f} |")
+    lines += ["", f"Chosen: `{res['chosen']}`, the layer whose feature-space adversaries transfer best (largest mean "
+              "accuracy drop of the selection classifiers); `configs/nrp.yaml` trains the purifier on it.", ""]
+    atomic_write_text(OUT / "ssp_layers.md", "\n".join(lines))
+    atomic_write_json(OUT / "ssp_layers.json", res)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar([r["layer"].split(".")[-1] for r in res["rows"]], [100 * r["mean_drop"] for r in res["rows"]])
+    ax.set_ylabel("mean accuracy drop of the selection models (pts)")
+    ax.set_title(f"SSP at each extractor layer, eps {res['eps'] * 255:.0f}/255", fontsize=9)
+    fig.tight_layout()
+    _save_png(fig, OUT / "ssp_layers.png")
+
+
+# ---------------------------------------------------------------------------- report
+
+
+CLASSIFIERS = {"baseline": "runs/sweep/synthetic/baseline", "blurnet_tv": "runs/sweep/synthetic/blurnet_tv",
+               "gtsrb32": "runs/gtsrb32/baseline"}
+PURIFIERS = {"nrp": "runs/nrp/purifier", "nrp_no_feat": "runs/nrp/purifier_no_feat",
+             "nrp_no_gan": "runs/nrp/purifier_no_gan", "nrp_paper_weights": "runs/nrp/purifier_paper_weights"}
+#: sweep label -> (purifier, classifier label): what configs/eval/nrp.yaml evaluates behind a purifier
+ATTACHED = {"baseline_nrp": ("nrp", "baseline"), "blurnet_tv_nrp": ("nrp", "blurnet_tv"),
+            "gtsrb32_nrp": ("nrp", "gtsrb32"), "baseline_nrp_no_feat": ("nrp_no_feat", "baseline"),
+            "baseline_nrp_no_gan": ("nrp_no_gan", "baseline"),
+            "baseline_nrp_paper_weights": ("nrp_paper_weights", "baseline"),
+            "gtsrb32_nrp_paper_weights": ("nrp_paper_weights", "gtsrb32")}
+TRANSFER = ("pgd8_transfer", "pgd16_transfer", "mifgsm8_transfer", "mifgsm16_transfer", "ssp8", "ssp16",
+            "uap_transfer")
+ADAPTIVE = ("pgd8_adaptive", "pgd16_adaptive", "pgd16_bpda")
+SWEEP = "configs/eval/nrp.yaml"
+
+
+def attach_all(cfg) -> dict[str, dict[str, Any]]:
+    """Each purifier in front of its classifiers (``cfg.models`` paths), re-attached only when either changed."""
+    from train.checkpoint import read_sidecar
+    from train.defenses.nrp import attach, load_purifier
+
+    out = {}
+    for label, (pur, clf) in ATTACHED.items():
+        target, pmeta = Path(cfg.models[label]), load_purifier(ROOT / PURIFIERS[pur])[1]
+        cmeta = read_sidecar(ROOT / CLASSIFIERS[clf])[1]
+        try:
+            meta = read_sidecar(target)[1]
+            fresh = (meta["purifier"]["weights_sha256"] == pmeta["weights_sha256"]
+                     and meta["classifier"]["weights_sha256"] == cmeta["weights_sha256"])
+        except Exception:  # noqa: BLE001  (absent or unreadable: attach again)
+            fresh = False
+        if not fresh:
+            print(f"  attach {PURIFIERS[pur]} -> {CLASSIFIERS[clf]}", flush=True)
+            attach(ROOT / PURIFIERS[pur], ROOT / CLASSIFIERS[clf], target)
+        out[label] = read_sidecar(target)[1]["metrics"]
+    return out
+
+
+def _row(results: dict[str, Any], attack: str, label: str) -> dict[str, Any] | None:
+    return next((r for r in results["attacks"].get(attack, []) if r["model"] == label), None)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.1f}%"
+
+
+def restoration_rows(results: dict[str, Any], clean: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per classifier and transferred attack: accuracy bare and behind NRP on the same images, and the share
+    of the bare classifier's clean accuracy the purifier restores (``adv_acc(NRP) / clean_acc(bare)``)."""
+    rows = []
+    for clf in CLASSIFIERS:
+        m = clean[f"{clf}_nrp"]
+        row = {"classifier": clf, "clean_bare": m["classifier_test_acc"], "clean_nrp": m["test_acc"]}
+        for a in TRANSFER:
+            bare, nrp = _row(results, a, clf), _row(results, a, f"{clf}_nrp")
+            if bare and nrp:
+                row[a] = {"bare": bare["adv_acc"], "nrp": nrp["adv_acc"], "clean_bare": bare["clean_acc"],
+                          "restored": nrp["adv_acc"] / bare["clean_acc"]}
+        rows.append(row)
+    return rows
+
+
+def markdown(results, clean, rows, layers, train_logs, device, through) -> str:
+    n = (_row(results, "pgd16_transfer", "baseline") or {}).get("n", "?")
+    restored = sorted((r.get("pgd16_transfer", {}).get("restored", 0.0), r["classifier"]) for r in rows)[::-1]
+    ok = [c for v, c in restored if v >= 0.8]
+    second = restored[1][0] if len(restored) > 1 else 0.0
+    lines = ["# NRP: a purifier trained once, label-free, in front of classifiers it never saw", "",
+             "Regenerate (in order; each step caches): `signguard train --config configs/nrp_extractor.yaml "
+             "--run-dir runs/nrp/extractor`, `python bench/nrp_report.py layers`, `runs/nrp` purifiers by "
+             "`signguard nrp train --config configs/nrp.yaml --run-dir runs/nrp/purifier` (ablations: `--set "
+             "loss.lam=0 --run-dir runs/nrp/purifier_no_feat`, `--set loss.alpha=0 --run-dir "
+             "runs/nrp/purifier_no_gan`, `--set loss.gamma=0.01 --run-dir runs/nrp/purifier_paper_weights`), then "
+             "`python bench/nrp_report.py report`.", "",
+             f"Machine: {machine()}.  Full sweep tables (every threat model, budget and attack parameter): "
+             "[eval/report.md](eval/report.md).  SSP layer: `" + layers["chosen"] + "` of the extractor, chosen "
+             "by transferability to two LISA-CNNs outside the evaluation ([ssp_layers.md](ssp_layers.md)).", "",
+             "## Target: >= 80% of clean accuracy restored under transferred 16/255 PGD, >= 2 unseen classifiers",
+             "", f"**{'Met' if len(ok) >= 2 else 'Not met'}**: restored >= 80% on {len(ok)} of {len(rows)} "
+             f"({', '.join(ok) or 'none'}); the second-best classifier gets {_pct(second)} back"
+             + ("" if len(ok) >= 2 else f", {100 * (0.8 - second):.1f} points short")
+             + ".  PGD is crafted on the bare classifier (L-inf 16/255, 10 steps of 4/255, random start; "
+             f"{n} test images per classifier) and scored through the purifier.", "",
+             "## Accuracy restored (transferred attacks) and clean cost", "",
+             "Each cell: accuracy of the bare classifier -> behind NRP (share of the bare classifier's clean "
+             "accuracy on the same images that NRP restores).  Clean accuracy on the full test split.", "",
+             "| classifier | clean bare | clean NRP (cost) | " + " | ".join(TRANSFER) + " |",
+             "|---|---|---|" + "---|" * len(TRANSFER)]
+    for r in rows:
+        cells = [f"{_pct(r[a]['bare'])} -> {_pct(r[a]['nrp'])} ({_pct(r[a]['restored'])})" if a in r else "-"
+                 for a in TRANSFER]
+        cost = 100 * (r["clean_bare"] - r["clean_nrp"])
+        lines.append(f"| {r['classifier']} | {_pct(r['clean_bare'])} | {_pct(r['clean_nrp'])} (cost {cost:.1f} "
+                     "pts) | " + " | ".join(cells) + " |")
+    lines += ["", "## Adaptive white-box attacks on purifier + classifier (honest rows)", "",
+              "PGD through the whole pipeline end to end (the purifier is differentiable: no BPDA needed), and "
+              "with the purifier's gradient replaced by the identity (BPDA); RP2 stickers optimised through the "
+              "purifier vs transferred from the bare classifier (avg / worst targeted success on held-out poses).",
+              "", "| model | " + " | ".join(ADAPTIVE) + " | rp2_transfer | rp2_adaptive |", "|---|" + "---|" * 5]
+    for clf in CLASSIFIERS:
+        label = f"{clf}_nrp"
+        cells = [_pct((_row(results, a, label) or {}).get("adv_acc")) for a in ADAPTIVE]
+        for a in ("rp2_transfer", "rp2_adaptive"):
+            r = _row(results, a, label)
+            cells.append(f"{_pct(r['avg_asr'])} / {_pct(r['worst_asr'])}" if r else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Accuracy under PGD for the adaptive columns (64 test images each: each step back-propagates "
+              "through the purifier).", "",
+              "## Ablation (paper Fig. 5): each purifier behind the baseline", "",
+              "| purifier | clean | pgd8_transfer | pgd16_transfer | ssp16 | held-out feature distortion: SSP -> "
+              "purified (clean through) | PSNR: SSP -> purified (clean through) |", "|---|---|---|---|---|---|---|"]
+    for pur in PURIFIERS:
+        label = "baseline_" + pur
+        e = train_logs[pur][-1]
+        cells = [_pct(clean[label]["test_acc"])] + [_pct((_row(results, a, label) or {}).get("adv_acc"))
+                                                    for a in ("pgd8_transfer", "pgd16_transfer", "ssp16")]
+        lines.append(f"| {pur} | " + " | ".join(cells) + f" | {e['dist_adv']:.3f} -> {e['dist_purified']:.3f} "
+                     f"({e['dist_clean_through']:.3f}) | {e['psnr_adv']:.1f} -> {e['psnr_purified']:.1f} "
+                     f"({e['psnr_clean_through']:.1f}) dB |")
+    g, gp = clean["gtsrb32_nrp"], clean["gtsrb32_nrp_paper_weights"]
+    lines += ["", f"GTSRB-32 clean accuracy behind the purifier: {_pct(g['test_acc'])} with the recipe's pixel weight, "
+              f"{_pct(gp['test_acc'])} with the paper's (bare: {_pct(g['classifier_test_acc'])}).", ""]
+    lines += ["Share of the perturbation each purifier lets through (`||P(x') - P(x)|| / ||x' - x||`, 200 baseline "
+              "test images; 1 = untouched) and PSNR to the clean image before -> after purification:", "",
+              "| purifier | PGD 16/255 (on the bare classifier) | PSNR | SSP 16/255 | PSNR |", "|---|---|---|---|---|"]
+    for pur, t in through.items():
+        lines.append(f"| {pur} | {t['pgd16']:.2f} | {t['pgd16_psnr']:.1f} -> {t['pgd16_psnr_purified']:.1f} dB | "
+                     f"{t['ssp16']:.2f} | {t['ssp16_psnr']:.1f} -> {t['ssp16_psnr_purified']:.1f} dB |")
+    lines += ["", "![training](training.png)", "", "![restored](restored.png)", "", "![examples](examples.png)", ""]
+    return "\n".join(lines + device)
+
+
+def plot_training(train_logs_steps: dict[str, list[dict[str, Any]]]) -> None:
+    """Eq. 8's terms per step for the purifier and its ablations (the losses that must fall)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for pur, steps in train_logs_steps.items():
+        x = [s["step"] for s in steps]
+        for ax, key, title in zip(axes, ("feat", "img", "critic"), ("feature MAE (Eq. 5)", "pixel L2 (Eq. 6)",
+                                                                   "critic loss (RaGAN)")):
+            if all(key in s for s in steps):
+                ax.plot(x, [s[key] for s in steps], label=pur)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    _save_png(fig, OUT / "training.png")
+
+
+def plot_restored(rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.6), sharey=True)
+    for ax, r in zip(np.atleast_1d(axes), rows):
+        names = [a for a in TRANSFER if a in r]
+        pos = np.arange(len(names))
+        ax.bar(pos - 0.2, [100 * r[a]["bare"] for a in names], 0.4, label="bare")
+        ax.bar(pos + 0.2, [100 * r[a]["nrp"] for a in names], 0.4, label="behind NRP")
+        ax.axhline(80 * r["clean_bare"], color="k", ls=":", lw=1, label="80% of clean")
+        ax.set_xticks(pos)
+        ax.set_xticklabels([a.replace("_transfer", "") for a in names], rotation=45, fontsize=7)
+        ax.set_title(r["classifier"], fontsize=9)
+    np.atleast_1d(axes)[0].set_ylabel("accuracy under the attack (%)")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    _save_png(fig, OUT / "restored.png")
+
+
+def plot_examples(cfg, n: int = 6) -> None:
+    """Test images of the baseline: clean, PGD 16/255 made on the bare classifier, and each purified."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from train.attacks.pgd import PGD
+    from train.checkpoint import load_checkpoint
+    from train.data.datasets import load_checkpoint_data
+
+    model, meta = load_checkpoint(cfg.models["baseline_nrp"])
+    test = load_checkpoint_data(meta, progress=False).test.sample(n, 1)
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y).long()
+    x_adv = PGD(model.classifier, eps=16 / 255, alpha=4 / 255, steps=10)(x, y).x_adv
+    with torch.no_grad():
+        rows = [("clean", x), ("clean, purified", model.purifier(x)), ("PGD 16/255", x_adv),
+                ("PGD, purified", model.purifier(x_adv))]
+        preds = [model.classifier(im).argmax(1) for _, im in rows]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.8 * len(rows)))
+    for i, ((name, im), pr) in enumerate(zip(rows, preds)):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(im[j].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(meta["classes"][int(pr[j])][:14], fontsize=6, color="g" if pr[j] == y[j] else "r")
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.tight_layout()
+    _save_png(fig, OUT / "examples.png")
+
+
+def passthrough(cfg, n: int = 200) -> dict[str, dict[str, float]]:
+    """How much of a perturbation each purifier lets through on the baseline's test images:
+    ``||P(x') - P(x)||_2 / ||x' - x||_2`` for PGD 16/255 made on the bare classifier and for SSP 16/255 (1 =
+    passed untouched, 0 = removed), and the PSNR of ``P(x')`` to ``x`` against that of ``x'``."""
+    from train.attacks.pgd import PGD
+    from train.attacks.ssp import SSP
+    from train.checkpoint import load_checkpoint
+    from train.data.datasets import load_checkpoint_data
+    from train.defenses.nrp import load_purifier
+
+    clf, meta = load_checkpoint(ROOT / CLASSIFIERS["baseline"])
+    test = load_checkpoint_data(meta, progress=False).test.sample(n, 2)
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y).long()
+    advs = {"pgd16": PGD(clf, eps=16 / 255, alpha=4 / 255, steps=10)(x, y).x_adv,
+            "ssp16": SSP(clf, extractor=str(ROOT / EXTRACTOR), layer=json.loads((OUT / "ssp_layers.json").read_text())
+                         ["chosen"], eps=16 / 255, alpha=4 / 255, steps=10)(x, y).x_adv}
+
+    def psnr(a: torch.Tensor) -> float:
+        return float((10 * torch.log10(1 / ((a - x) ** 2).flatten(1).mean(1))).mean())
+
+    out = {}
+    with torch.no_grad():
+        for name, d in PURIFIERS.items():
+            pur = load_purifier(ROOT / d)[0]
+            px = pur(x)
+            for a, xa in advs.items():
+                pa = pur(xa)
+                out.setdefault(name, {})[a] = float(((pa - px).flatten(1).norm(dim=1)
+                                                     / (xa - x).flatten(1).norm(dim=1)).mean())
+                out[name][f"{a}_psnr"], out[name][f"{a}_psnr_purified"] = psnr(xa), psnr(pa)
+    return out
+
+
+def run_report() -> None:
+    from train.eval.sweep_config import load_sweep
+    from train.eval.sweep_runner import run_sweep
+
+    cfg = load_sweep(ROOT / SWEEP, root=ROOT)
+    clean = attach_all(cfg)
+    results = run_sweep(cfg, OUT / "eval", progress=False)
+    rows = restoration_rows(results, clean)
+    logs = {p: [json.loads(x) for x in (ROOT / d / "log.jsonl").read_text().splitlines()]
+            for p, d in PURIFIERS.items()}
+    steps = {p: [json.loads(x) for x in (ROOT / d / "steps.jsonl").read_text().splitlines()]
+             for p, d in PURIFIERS.items()}
+    plot_training(steps)
+    plot_restored(rows)
+    plot_examples(cfg)
+    through = passthrough(cfg)
+    from nrp_device import device_checks  # bench/ is the script's own folder on sys.path
+
+    device = device_checks(ROOT, OUT, cfg.models["baseline_nrp"])
+    layers = json.loads((OUT / "ssp_layers.json").read_text())
+    last = {p: log[-1] for p, log in logs.items()}
+    atomic_write_json(OUT / "summary.json", {"restoration": rows, "clean": clean, "train": last,
+                                             "passthrough": through})
+    atomic_write_text(OUT / "README.md", markdown(results, clean, rows, layers, logs, device, through))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=["layers", "report"])
+    p.add_argument("--n", type=int, default=300, help="layers: test images of the selection classifier")
+    p.add_argument("--steps", type=int, default=30, help="layers: SSP iterations")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    os.chdir(ROOT)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.stage == "layers":
+        write_layers(layer_study(args.n, 16 / 255, args.steps, args.seed))
+        return 0
+    run_report()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

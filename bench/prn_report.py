@@ -1,0 +1,207 @@
+"""PRN + DCT-SVM gate, evaluated as the paper does and against stickers -> reports/prn/.
+
+    python bench/prn_report.py --run runs/prn/synthetic --out reports/prn/synthetic
+
+What it measures, on a gated checkpoint trained by ``signguard train --config configs/prn.yaml``:
+
+* the paper's Table 1 rows (Protocols A and B: PRN-gain, PRN-restoration, detection rate, defense rate) on the
+  test split under the bank's **held-out** perturbations (other seeds; never seen in training), for the
+  recipe's SVM and for the other kernel fitted on the same features (linear vs RBF);
+* the clean-accuracy cost of the gate;
+* stickers (LISA classes only): RP2 stickers for all 17 targets made against the frozen baseline (the gate's
+  detection rate on held-out stickered poses, targeted success through the gate), then adaptive RP2 made
+  through the gate itself -- soft select over both branches, BPDA, and low-frequency -- scored on the real
+  (hard) gate;
+* an adaptive universal perturbation (sPGD through the soft gate) at the same budget.
+
+Each part is cached in ``OUT/parts/<part>.json``, so parts can run as parallel processes (``--parts soft``)
+and a last run without anything left to compute writes ``report.md`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge.fileio import atomic_write_json, atomic_write_text
+from train.attacks.bank import bank_summary, load_bank, split_perturbations
+from train.attacks.gate_surrogate import SoftGate
+from train.attacks.rp2 import RP2, evaluate_stickers
+from train.attacks.uap import SPGDUniversal
+from train.attacks.views import render_views, render_with_sticker
+from train.checkpoint import load_checkpoint
+from train.config import Recipe
+from train.data.classes import LISA_INDEX
+from train.data.datasets import load_data
+from train.defenses import defense_from_dict
+from train.defenses.dct_svm import fit_detector
+from train.eval.prn_protocol import gate_decisions, protocol_metrics
+from train.eval.sweep_runner import rp2_row
+from train.trainer import predict
+
+STICKER_ATTACKS = ("transfer", "soft", "bpda", "lowfreq")
+STICKER_LABELS = {"transfer": "RP2 made against the baseline (non-adaptive)", "soft": "adaptive RP2, soft select",
+                  "bpda": "adaptive RP2, BPDA (hard forward, soft backward)",
+                  "lowfreq": "adaptive low-frequency RP2 (k = 16), soft select"}
+PARTS = ("protocols", "transfer", "soft", "bpda", "lowfreq", "universal")
+
+
+def detectors(model, defense, data) -> dict:
+    """The checkpoint's detector and the other kernel's, fitted on the same training features."""
+    out = {defense.cfg.detector: model}
+    other = "rbf" if defense.cfg.detector == "linear" else "linear"
+    feats, labels = defense.detector_data(model, data.train.x, seed=1)
+    _, params = fit_detector(feats, labels, other, defense.cfg.svm_c)
+    alt = copy.deepcopy(model)
+    alt.detector.rectifier = [alt.rectifier]
+    alt.detector.load_svm(params)
+    out[other] = alt
+    return out
+
+
+def sticker_attack(name: str, model, baseline, meta, args) -> dict:
+    """One RP2 row on held-out stickered poses, scored on the hard gate: ``transfer`` (stickers made against
+    the frozen baseline), ``soft`` / ``bpda`` / ``lowfreq`` (made through the gate, :class:`SoftGate`)."""
+    stop = LISA_INDEX["stop"]
+    targets = [c for c in range(len(LISA_INDEX)) if c != stop]
+    fit = render_views(stop, args.views, seed=2 * args.seed + 1)
+    held = render_views(stop, args.heldout, seed=2 * args.seed + 2)
+    attack_model = {"transfer": baseline, "soft": SoftGate(model).eval(), "bpda": SoftGate(model, bpda=True).eval(),
+                    "lowfreq": SoftGate(model).eval()}[name]
+    res = RP2(attack_model, steps=args.steps, lr=0.03, lam=0.002, views_per_step=10,
+              dct_dim=16 if name == "lowfreq" else 0)(fit, targets, seed=args.seed)
+    row = rp2_row(evaluate_stickers(model, held, res), meta)
+    xs = np.concatenate([render_with_sticker(held, s, res.region) for s in res.stickers])
+    out = {**{k: row[k] for k in ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")},
+           "detection_rate": float(gate_decisions(model, torch.from_numpy(xs)).mean()),
+           "clean_view_fpr": float(gate_decisions(model, held.x).mean())}
+    if name == "transfer":
+        base = rp2_row(evaluate_stickers(baseline, held, res), meta)
+        out["baseline"] = {k: base[k] for k in ("avg_asr", "worst_asr", "avg_untargeted_asr")}
+    return out
+
+
+def adaptive_universal(model, data, xi, seed) -> dict:
+    """sPGD through the soft gate, fitted on training images, scored on the test split (through the real gate)."""
+    x_fit = torch.as_tensor(data.train.x)[torch.randperm(len(data.train.x),
+                                                           generator=torch.Generator().manual_seed(seed))[:500]]
+    v = SPGDUniversal(SoftGate(model).eval(), xi=xi, steps=100, batch_size=32).fit(x_fit, seed=seed)
+    x, y = torch.as_tensor(data.test.x), data.test.y
+    xv = (x + v).clamp(0, 1)
+    return {"acc_gated": float((predict(model, xv) == y).mean()),
+            "acc_bare": float((predict(model.classifier, xv) == y).mean()),
+            "detection_rate": float(gate_decisions(model, xv).mean())}
+
+
+def to_markdown(res: dict) -> str:
+    lines = [f"# PRN + DCT-SVM gate: {res['name']}", "",
+             f"Regenerate: `{res['command']}`", "",
+             f"Classifier: `{res['baseline']}` (frozen), gated checkpoint `{res['run']}`.  Held-out test "
+             f"perturbations: {', '.join(res['test_perturbations'])} at xi = {res['xi'] * 255:.0f}/255 L-inf "
+             f"(fooling ratio on the test split: {', '.join(f'{f:.2f}' for f in res['test_fooling'])}).", "",
+             "## The paper's table (held-out perturbations)", "",
+             "| detector | protocol | PRN-gain | PRN-restoration | detection rate | defense rate "
+             "| clean acc bare -> gated |",
+             "|---|---|---|---|---|---|---|"]
+    for kernel, prots in res["protocols"].items():
+        for p in prots:
+            lines.append(f"| {kernel} | {p['protocol']} | {p['prn_gain']:.1f}% | {p['prn_restoration']:.1f}% | "
+                         f"{p['detection_rate']:.1f}% | {p['defense_rate']:.1f}% | "
+                         f"{p['acc_clean']:.3f} -> {p['acc_gated_clean']:.3f} |")
+    st = res.get("stickers", {})
+    if st:
+        tr = st.get("transfer", {})
+        lines += ["", "## Stickers (RP2, all 17 targets, held-out poses; scored on the hard gate)", ""]
+        if "baseline" in tr:
+            lines += [f"Baseline under its own stickers: targeted avg {tr['baseline']['avg_asr']:.1%}, worst "
+                      f"{tr['baseline']['worst_asr']:.1%}, untargeted {tr['baseline']['avg_untargeted_asr']:.1%}.  "
+                      f"The gate fires on {tr['clean_view_fpr']:.1%} of clean held-out stop views.", ""]
+        lines += ["| attack on the gated model | clean view acc | targeted avg | targeted worst (target) | untargeted "
+                  "| gate fires |", "|---|---|---|---|---|---|"]
+        for k, r in st.items():
+            lines.append(f"| {STICKER_LABELS[k]} | {r['clean_view_acc']:.3f} | {r['avg_asr']:.1%} | "
+                         f"{r['worst_asr']:.1%} ({r['worst_target']}) | {r['avg_untargeted_asr']:.1%} | "
+                         f"{r['detection_rate']:.1%} |")
+        adaptive = [k for k in st if k != "transfer"]
+        if adaptive:
+            best = max(adaptive, key=lambda k: (st[k]["worst_asr"], st[k]["avg_asr"]))
+            lines += ["", f"Strongest adaptive attack: **{STICKER_LABELS[best]}**."]
+    u = res.get("adaptive_universal")
+    if u:
+        lines += ["", "## Adaptive universal perturbation (sPGD through the soft gate, same budget)", "",
+                  f"Test accuracy with it: gated {u['acc_gated']:.3f}, bare classifier {u['acc_bare']:.3f}; "
+                  f"the gate fires on {u['detection_rate']:.1%} of those images."]
+    lines += ["", f"Machine: {res['machine']}; wall time {res['wall_s']:.0f} s (the parts' sum)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="gated run folder (signguard train --config configs/prn.yaml)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=60, help="RP2 steps")
+    ap.add_argument("--views", type=int, default=20, help="RP2 optimisation poses")
+    ap.add_argument("--heldout", type=int, default=40, help="held-out poses")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                    help="what to compute (each is cached in OUT/parts/; run parts in parallel, then once more "
+                         "with none left to compute to write the report)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    run = Path(args.run)
+    model, meta = load_checkpoint(run)
+    recipe = Recipe.from_sidecar(meta["recipe"], f"{run}/model.json")
+    lisa = meta["classes"] == list(LISA_INDEX)
+    todo = [p for p in args.parts if not (out / "parts" / f"{p}.json").is_file()
+            and (lisa or p not in STICKER_ATTACKS)]
+    if todo:
+        baseline, _ = load_checkpoint(recipe.model.init)
+        data = load_data(recipe.data, recipe.preprocess_cfg(), progress=False)
+        defense = defense_from_dict(meta["defense"])
+        defense.prepare(model, data, run, torch.device("cpu"))
+    for part in todo:
+        t0 = time.time()
+        if part == "protocols":
+            test = split_perturbations(load_bank(run / "bank"), "test")
+            value = {k: [protocol_metrics(m, data.test.x, data.test.y, test, p) for p in ("A", "B")]
+                     for k, m in detectors(model, defense, data).items()}
+        elif part == "universal":
+            value = adaptive_universal(model, data, defense.cfg.bank_xi, args.seed)
+        else:
+            value = sticker_attack(part, model, baseline, meta, args)
+        atomic_write_json(out / "parts" / f"{part}.json", {"value": value, "wall_s": time.time() - t0})
+        print(f"{part}: {json.dumps(value)} ({time.time() - t0:.0f} s)", flush=True)
+    parts = {p: json.loads((out / "parts" / f"{p}.json").read_text()) for p in PARTS
+             if (out / "parts" / f"{p}.json").is_file()}
+    if "protocols" not in parts:
+        return 0
+    summary = bank_summary(run / "bank")
+    xi = defense_from_dict(meta["defense"]).cfg.bank_xi
+    res = {"name": recipe.name, "run": str(run), "baseline": recipe.model.init, "xi": xi,
+           "test_perturbations": [n for n in summary["names"] if n.startswith("test:")],
+           "test_fooling": [f for n, f in zip(summary["names"], summary["fooling_ratio"]) if n.startswith("test:")],
+           "max_abs_cosine_test_vs_train": summary.get("max_abs_cosine_test_vs_train"),
+           "clean_test_acc": meta["metrics"].get("test_acc"),
+           "protocols": parts["protocols"]["value"],
+           "stickers": {p: parts[p]["value"] for p in STICKER_ATTACKS if p in parts},
+           "adaptive_universal": parts.get("universal", {}).get("value"),
+           "command": f"python bench/prn_report.py --run {args.run} --out {args.out}",
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+           "wall_s": sum(p["wall_s"] for p in parts.values())}
+    atomic_write_json(out / "results.json", res)
+    atomic_write_text(out / "report.md", to_markdown(res))
+    print(to_markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
