@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
            "protocols": parts["protocols"]["value"],
            "stickers": {p: parts[p]["value"] for p in STICKER_ATTACKS if p in parts},
            "adaptive_universal": parts.get("universal", {}).get("value"),
-           "command": f"python bench/prn_report.py --run {args.run} --out {args.out}",
+           "command": f"python bench/prn_report.py --run {args.run} --out {args.out} --steps {args.steps}",
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
            "wall_s": sum(p["wall_s"] for p in parts.values())}
     atomic_write_json(out / "results.json", res)
