@@ -44,8 +44,10 @@ _UAP = {"batch_size": 8, "max_passes": 15}
 TRAIN_SET = [("spgd", s, {}) for s in range(1, 11)] + [("uap", s, _UAP) for s in (1, 2)]
 TEST_SET = [("spgd", s, {}) for s in (101, 102, 103)] + [("uap", s, _UAP) for s in (101, 102)]
 AKHTAR_N = 5  # held-out synthetic perturbations (Akhtar et al. Algorithm 1) grown from the held-out UAPs
-ABLATIONS = {"q25": {"defense.ratio": 0.25}, "q75": {"defense.ratio": 0.75}, "q100": {"defense.ratio": 1.0},
-             "layers1": {"defense.layers": 1}, "layers2": {"defense.layers": 2}}
+# q and number-of-layers variants, trained with ``--epochs``; "ref" is the q = 0.5, 3-layer recipe at that epoch
+# count, so every ablation row compares like with like
+ABLATIONS = {"ref": {}, "q25": {"defense.ratio": 0.25}, "q75": {"defense.ratio": 0.75},
+             "q100": {"defense.ratio": 1.0}, "layers1": {"defense.layers": 1}, "layers2": {"defense.layers": 2}}
 
 
 def run_root(ds: str) -> Path:

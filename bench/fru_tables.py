@@ -13,7 +13,7 @@ from edge.fileio import atomic_write_json, atomic_write_text
 COMMANDS = {
     "lisa18": ["python bench/fru_report.py perturbations --dataset lisa18",
                "signguard train --config configs/fru.yaml --run-dir runs/fru/lisa18/fru",
-               "python bench/fru_report.py ablations --dataset lisa18 --epochs 3"],
+               "python bench/fru_report.py ablations --dataset lisa18 --epochs 6"],
     "gtsrb32": ["python bench/fru_report.py perturbations --dataset gtsrb32",
                 "signguard train --config configs/fru_gtsrb32.yaml --run-dir runs/fru/gtsrb32/fru"],
 }

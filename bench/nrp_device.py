@@ -32,28 +32,29 @@ def _cli(root: Path, *args: str, ok: tuple[int, ...] = (0,)) -> str:
 def device_checks(root: Path, out: Path, ckpt: str) -> list[str]:
     """Export the defended checkpoint ``ckpt`` as one graph and as two parts (FP32 + INT8), verify and bench
     the one-graph bundle, run it in the edge loop on a drive-by video of a stop sign; the report's lines."""
-    bundles, dev = root / "runs" / "nrp" / "bundles", out / "device"
-    dev.mkdir(parents=True, exist_ok=True)
+    # paths relative to ``root`` (every command runs there), so the quoted outputs name no machine's folders
+    bundles, dev = Path("runs") / "nrp" / "bundles", out.relative_to(root) / "device"
+    (root / dev).mkdir(parents=True, exist_ok=True)
     parity = {}
     for graphs in ("one", "separate"):
         b = bundles / f"baseline_nrp_{graphs}"
         _cli(root, "export", "--checkpoint", str(ckpt), "--out", str(b), "--precision", "fp32", "int8",
              "--graphs", graphs, "--quiet")
         parity[graphs] = [(e["file"], e["part"], e["precision"], e["parity"]) for e in
-                          json.loads((b / "manifest.json").read_text())["models"]]
+                          json.loads((root / b / "manifest.json").read_text())["models"]]
     one = bundles / "baseline_nrp_one"
     pgd = ("--n", "500", "--attack-n", "100", "--eps", "0.0627451", "--alpha", "0.0156863")
     verify_out = _cli(root, "verify", "--bundle", str(one), *pgd, "--out", str(dev / "verify_baseline_nrp"), ok=(0, 1))
     _cli(root, "bench", "--bundle", str(one), *pgd, "--out", str(dev / "bench_baseline_nrp"))
-    video = root / "runs" / "nrp" / "video"
+    video = Path("runs") / "nrp" / "video"
     _cli(root, "render", "driveby", "--sign", "stop", "--out", str(video))
     edge = {}
     for prec in ("fp32", "int8"):
-        (dev / f"frames_{prec}.jsonl").unlink(missing_ok=True)  # the loop refuses to overwrite a frame log
+        (root / dev / f"frames_{prec}.jsonl").unlink(missing_ok=True)  # the loop refuses to overwrite a frame log
         edge[prec] = _cli(root, "run", "--bundle", str(one), "--precision", prec, "--source",
                           str(video / "driveby.mp4"), "--roi", str(video / "driveby.csv"), "--log",
                           str(dev / f"frames_{prec}.jsonl"))
-        atomic_write_text(dev / f"edge_loop_{prec}.txt", edge[prec])
+        atomic_write_text(root / dev / f"edge_loop_{prec}.txt", edge[prec])
     lines = ["## Device: export, parity, verify, bench, edge loop", "",
              "Bundles of `baseline_nrp` (purifier + classifier): `signguard export --checkpoint "
              "runs/nrp/attached/baseline --precision fp32 int8 --graphs one|separate`.  Parity against PyTorch "
@@ -63,7 +64,7 @@ def device_checks(root: Path, out: Path, ckpt: str) -> list[str]:
         for f, part, prec, par in entries:
             agree = "- (images)" if part == "purifier" else f"{100 * par['argmax_agreement']:.1f}%"
             lines.append(f"| {graphs} | {f} | {part} | {prec} | {par['max_abs_diff']:.2e} | {agree} |")
-    with np.load(bundles / "baseline_nrp_separate" / "verify.npz") as z:  # the two INT8 parts chained
+    with np.load(root / bundles / "baseline_nrp_separate" / "verify.npz") as z:  # the two INT8 parts chained
         chained, n = float((z["ref_int8"].argmax(1) == z["ref_fp32"].argmax(1)).mean()), len(z["inputs"])
     lines += ["", f"Separate bundle, INT8 purifier then INT8 classifier chained (its `verify.npz`): argmax agreement "
               f"with the FP32 chain {100 * chained:.1f}% on {n} images."]

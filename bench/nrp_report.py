@@ -193,6 +193,42 @@ def restoration_rows(results: dict[str, Any], clean: dict[str, dict[str, Any]]) 
     return rows
 
 
+def findings(results, layers, train_logs, through) -> list[str]:
+    """Why the numbers are what they are, each reason with the measurement behind it."""
+    t, tr, steps = through["nrp"], through["transfer"], train_logs["nrp"][-1]["steps"]
+    best = max(layers["rows"], key=lambda r: r["mean_drop"])
+    ssp = [(r["model"], r["adv_acc"], r["clean_acc"]) for r in results["attacks"].get("ssp16", [])
+           if r["model"] in CLASSIFIERS]
+    ssp_drop = max((100 * (c - a) for _, a, c in ssp), default=float("nan"))
+    adaptive = [r["adv_acc"] for a in ADAPTIVE for r in results["attacks"].get(a, [])]
+    return ["Reading the numbers:", "",
+            f"- **The purifier removes little of a classifier's own PGD perturbation.**  It removes "
+            f"{100 * (1 - t['ssp16']):.0f}% of the L2 norm of an SSP perturbation, the attack it trained on (PSNR "
+            f"{t['ssp16_psnr']:.1f} -> {t['ssp16_psnr_purified']:.1f} dB), but {100 * (1 - t['pgd16']):.0f}% of PGD "
+            f"16/255 made on the bare baseline (PSNR {t['pgd16_psnr']:.1f} -> {t['pgd16_psnr_purified']:.1f} dB): "
+            "what it learned does not carry over to LISA-CNN gradients.",
+            f"- **SSP's feature space is far from the classifiers'.**  At every extractor layer SSP at 16/255 cost the "
+            f"two selection LISA-CNNs at most {100 * best['mean_drop']:.1f} points ([ssp_layers.md](ssp_layers.md)); "
+            f"behind no defense it costs the evaluated classifiers at most {ssp_drop:.1f} points (ssp16 column), "
+            f"while it takes the extractor itself (a LISA-18 classifier) from {_pct(tr['extractor_clean'])} to "
+            f"{_pct(tr['ssp_on_extractor'])}, label-free.  The paper's premise -- feature-space adversaries "
+            "of one VGG transfer widely -- is much weaker between a 32x32 VGG and LISA-CNNs, so the "
+            "self-supervised training signal says little about the perturbations that break these classifiers.",
+            f"- **Scale.**  {steps} purifier steps of 32 images on a 46k-parameter, 1-RRDB purifier (one CPU "
+            "thread), against the paper's 23-RRDB purifier trained on 25k images to convergence on four GPUs.",
+            "- **The transfer source is the strongest one available**: the classifier's own weights (a grey-box "
+            "attacker who lacks only the purifier).  A same-architecture surrogate transfers almost as well here "
+            f"(PGD 16/255 made on the bare baseline leaves BlurNet-Tik_hf {_pct(tr['baseline_to_tik_hf'])} accuracy, "
+            f"clean {_pct(tr['tik_hf_clean'])}), and a different-architecture surrogate barely transfers (made on "
+            f"the VGG extractor, it leaves the baseline {_pct(tr['vgg_to_baseline'])}, clean "
+            f"{_pct(tr['baseline_clean'])}): little to restore.",
+            "- **Adaptive rows**: the purifier is differentiable, so PGD end to end through it is the white-box "
+            "attack (BPDA, the identity on the backward pass, checks that its gradient does not mislead); NRP does "
+            "not claim "
+            f"white-box robustness, and the adaptive rows leave at most {_pct(max(adaptive, default=None))} "
+            "accuracy.", ""]
+
+
 def markdown(results, clean, rows, layers, train_logs, device, through) -> str:
     n = (_row(results, "pgd16_transfer", "baseline") or {}).get("n", "?")
     restored = sorted((r.get("pgd16_transfer", {}).get("restored", 0.0), r["classifier"]) for r in rows)[::-1]
@@ -213,8 +249,9 @@ def markdown(results, clean, rows, layers, train_logs, device, through) -> str:
              f"({', '.join(ok) or 'none'}); the second-best classifier gets {_pct(second)} back"
              + ("" if len(ok) >= 2 else f", {100 * (0.8 - second):.1f} points short")
              + ".  PGD is crafted on the bare classifier (L-inf 16/255, 10 steps of 4/255, random start; "
-             f"{n} test images per classifier) and scored through the purifier.", "",
-             "## Accuracy restored (transferred attacks) and clean cost", "",
+             f"{n} test images per classifier) and scored through the purifier.", ""]
+    lines += findings(results, layers, train_logs, through)
+    lines += ["## Accuracy restored (transferred attacks) and clean cost", "",
              "Each cell: accuracy of the bare classifier -> behind NRP (share of the bare classifier's clean "
              "accuracy on the same images that NRP restores).  Clean accuracy on the full test split.", "",
              "| classifier | clean bare | clean NRP (cost) | " + " | ".join(TRANSFER) + " |",
@@ -240,8 +277,10 @@ def markdown(results, clean, rows, layers, train_logs, device, through) -> str:
     lines += ["", "Accuracy under PGD for the adaptive columns (64 test images each: each step back-propagates "
               "through the purifier).", "",
               "## Ablation (paper Fig. 5): each purifier behind the baseline", "",
-              "| purifier | clean | pgd8_transfer | pgd16_transfer | ssp16 | held-out feature distortion: SSP -> "
-              "purified (clean through) | PSNR: SSP -> purified (clean through) |", "|---|---|---|---|---|---|---|"]
+              "Last two columns: the training run's held-out SSP examples (its own 3-step adversary), before -> after "
+              "purification, and clean images passed through.", "",
+              "| purifier | clean | pgd8_transfer | pgd16_transfer | ssp16 | feature distortion: SSP -> purified "
+              "(clean through) | PSNR: SSP -> purified (clean through) |", "|---|---|---|---|---|---|---|"]
     for pur in PURIFIERS:
         label = "baseline_" + pur
         e = train_logs[pur][-1]
@@ -256,93 +295,18 @@ def markdown(results, clean, rows, layers, train_logs, device, through) -> str:
     lines += ["Share of the perturbation each purifier lets through (`||P(x') - P(x)|| / ||x' - x||`, 200 baseline "
               "test images; 1 = untouched) and PSNR to the clean image before -> after purification:", "",
               "| purifier | PGD 16/255 (on the bare classifier) | PSNR | SSP 16/255 | PSNR |", "|---|---|---|---|---|"]
-    for pur, t in through.items():
+    for pur, t in ((k, v) for k, v in through.items() if k in PURIFIERS):
         lines.append(f"| {pur} | {t['pgd16']:.2f} | {t['pgd16_psnr']:.1f} -> {t['pgd16_psnr_purified']:.1f} dB | "
                      f"{t['ssp16']:.2f} | {t['ssp16_psnr']:.1f} -> {t['ssp16_psnr_purified']:.1f} dB |")
     lines += ["", "![training](training.png)", "", "![restored](restored.png)", "", "![examples](examples.png)", ""]
     return "\n".join(lines + device)
 
 
-def plot_training(train_logs_steps: dict[str, list[dict[str, Any]]]) -> None:
-    """Eq. 8's terms per step for the purifier and its ablations (the losses that must fall)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for pur, steps in train_logs_steps.items():
-        x = [s["step"] for s in steps]
-        for ax, key, title in zip(axes, ("feat", "img", "critic"), ("feature MAE (Eq. 5)", "pixel L2 (Eq. 6)",
-                                                                   "critic loss (RaGAN)")):
-            if all(key in s for s in steps):
-                ax.plot(x, [s[key] for s in steps], label=pur)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("step")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    _save_png(fig, OUT / "training.png")
-
-
-def plot_restored(rows: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.6), sharey=True)
-    for ax, r in zip(np.atleast_1d(axes), rows):
-        names = [a for a in TRANSFER if a in r]
-        pos = np.arange(len(names))
-        ax.bar(pos - 0.2, [100 * r[a]["bare"] for a in names], 0.4, label="bare")
-        ax.bar(pos + 0.2, [100 * r[a]["nrp"] for a in names], 0.4, label="behind NRP")
-        ax.axhline(80 * r["clean_bare"], color="k", ls=":", lw=1, label="80% of clean")
-        ax.set_xticks(pos)
-        ax.set_xticklabels([a.replace("_transfer", "") for a in names], rotation=45, fontsize=7)
-        ax.set_title(r["classifier"], fontsize=9)
-    np.atleast_1d(axes)[0].set_ylabel("accuracy under the attack (%)")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.tight_layout()
-    _save_png(fig, OUT / "restored.png")
-
-
-def plot_examples(cfg, n: int = 6) -> None:
-    """Test images of the baseline: clean, PGD 16/255 made on the bare classifier, and each purified."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from train.attacks.pgd import PGD
-    from train.checkpoint import load_checkpoint
-    from train.data.datasets import load_checkpoint_data
-
-    model, meta = load_checkpoint(cfg.models["baseline_nrp"])
-    test = load_checkpoint_data(meta, progress=False).test.sample(n, 1)
-    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y).long()
-    x_adv = PGD(model.classifier, eps=16 / 255, alpha=4 / 255, steps=10)(x, y).x_adv
-    with torch.no_grad():
-        rows = [("clean", x), ("clean, purified", model.purifier(x)), ("PGD 16/255", x_adv),
-                ("PGD, purified", model.purifier(x_adv))]
-        preds = [model.classifier(im).argmax(1) for _, im in rows]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.8 * len(rows)))
-    for i, ((name, im), pr) in enumerate(zip(rows, preds)):
-        for j in range(n):
-            ax = axes[i, j]
-            ax.imshow(im[j].permute(1, 2, 0).clamp(0, 1).numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(meta["classes"][int(pr[j])][:14], fontsize=6, color="g" if pr[j] == y[j] else "r")
-            if j == 0:
-                ax.set_ylabel(name, fontsize=7)
-    fig.tight_layout()
-    _save_png(fig, OUT / "examples.png")
-
-
 def passthrough(cfg, n: int = 200) -> dict[str, dict[str, float]]:
     """How much of a perturbation each purifier lets through on the baseline's test images:
     ``||P(x') - P(x)||_2 / ||x' - x||_2`` for PGD 16/255 made on the bare classifier and for SSP 16/255 (1 =
-    passed untouched, 0 = removed), and the PSNR of ``P(x')`` to ``x`` against that of ``x'``."""
+    passed untouched, 0 = removed), and the PSNR of ``P(x')`` to ``x`` against that of ``x'``; under
+    ``transfer``, how well PGD transfers between bare models here (to put the transfer rows in context)."""
     from train.attacks.pgd import PGD
     from train.attacks.ssp import SSP
     from train.checkpoint import load_checkpoint
@@ -359,8 +323,18 @@ def passthrough(cfg, n: int = 200) -> dict[str, dict[str, float]]:
     def psnr(a: torch.Tensor) -> float:
         return float((10 * torch.log10(1 / ((a - x) ** 2).flatten(1).mean(1))).mean())
 
-    out = {}
+    # how far PGD transfers between bare models here: LISA-CNN -> LISA-CNN, and from the (VGG) extractor
+    tik, vgg = load_checkpoint(ROOT / SELECTION[0])[0], load_checkpoint(ROOT / EXTRACTOR)[0]
+    from_vgg = PGD(vgg, eps=16 / 255, alpha=4 / 255, steps=10)(x, y).x_adv
+    out: dict[str, dict[str, float]] = {}
+
+    def acc(m: torch.nn.Module, xa: torch.Tensor) -> float:
+        return float((m(xa).argmax(1) == y).float().mean())
+
     with torch.no_grad():
+        out["transfer"] = {"baseline_to_tik_hf": acc(tik, advs["pgd16"]), "vgg_to_baseline": acc(clf, from_vgg),
+                           "tik_hf_clean": acc(tik, x), "baseline_clean": acc(clf, x),
+                           "ssp_on_extractor": acc(vgg, advs["ssp16"]), "extractor_clean": acc(vgg, x)}
         for name, d in PURIFIERS.items():
             pur = load_purifier(ROOT / d)[0]
             px = pur(x)
@@ -376,7 +350,7 @@ def run_report() -> None:
     from train.eval.sweep_config import load_sweep
     from train.eval.sweep_runner import run_sweep
 
-    cfg = load_sweep(ROOT / SWEEP, root=ROOT)
+    cfg = load_sweep(SWEEP, root=ROOT)  # relative: the report's regenerate line names configs/eval/nrp.yaml
     clean = attach_all(cfg)
     results = run_sweep(cfg, OUT / "eval", progress=False)
     rows = restoration_rows(results, clean)
@@ -384,13 +358,15 @@ def run_report() -> None:
             for p, d in PURIFIERS.items()}
     steps = {p: [json.loads(x) for x in (ROOT / d / "steps.jsonl").read_text().splitlines()]
              for p, d in PURIFIERS.items()}
-    plot_training(steps)
-    plot_restored(rows)
-    plot_examples(cfg)
+    from nrp_plots import plot_examples, plot_restored, plot_training  # bench/: the script's own folder
+
+    plot_training(steps, OUT)
+    plot_restored(rows, TRANSFER, OUT)
+    plot_examples(cfg.models["baseline_nrp"], OUT)
     through = passthrough(cfg)
     from nrp_device import device_checks  # bench/ is the script's own folder on sys.path
 
-    device = device_checks(ROOT, OUT, cfg.models["baseline_nrp"])
+    device = device_checks(ROOT, OUT, str(Path(cfg.models["baseline_nrp"]).relative_to(ROOT)))
     layers = json.loads((OUT / "ssp_layers.json").read_text())
     last = {p: log[-1] for p, log in logs.items()}
     atomic_write_json(OUT / "summary.json", {"restoration": rows, "clean": clean, "train": last,
