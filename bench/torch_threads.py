@@ -3,7 +3,7 @@
     python bench/torch_threads.py --out reports/deploy/torch_threads
 
 Times the synthetic baseline LISA-CNN (``runs/sweep/synthetic/baseline``) in PyTorch eager at batch 1 and
-batch 32, the way ``train/eval/bench.py`` does (``time_fn``: 3 warm-up calls, then timed calls), under three
+batch 32, the way ``train/eval/bench.py`` does (``time_interleaved``: 3 warm-up calls, then timed calls), under three
 thread settings, each in a fresh process (OpenMP reads its environment once, at start-up):
 
 - 2 threads, ``OMP_WAIT_POLICY`` unset (what the issue's run used: torch's default on 2 cores);
@@ -32,7 +32,7 @@ CHILD = r"""
 import json, sys, time
 import numpy as np, torch
 from train.checkpoint import load_checkpoint
-from train.eval.bench import time_fn
+from train.eval.bench import time_interleaved
 torch.set_num_threads(int(sys.argv[2]))
 model, _ = load_checkpoint(sys.argv[1])
 model.eval()
@@ -50,7 +50,7 @@ out["b32_first_calls_ms_per_img"] = first
 for b, reps in ((1, 200), (32, 40)):
     xb = np.ascontiguousarray(x[:b])
     c = time.process_time()
-    t = time_fn(fn, xb, reps)
+    t = time_interleaved([fn], xb, reps)[0]
     out["b%d" % b] = {"wall_p50_ms_per_img": float(np.median(t)) * 1e3 / b,
                       "cpu_ms_per_img": (time.process_time() - c) * 1e3 / ((reps + 3) * b)}
 print(json.dumps(out))

@@ -39,3 +39,16 @@ def test_bench_uses_the_same_thread_count_for_every_runtime(tmp_path: Path) -> N
     assert [r["accuracy"] for r in res["rows"]] == [1.0, 1.0]
     assert "2 intra-op thread(s) for both runtimes" in to_markdown(res)
     assert OrtBackend(bundle / "model.onnx", threads=2).session.get_session_options().intra_op_num_threads == 2
+
+
+def test_timing_rounds_interleave_the_rows_with_a_rotating_order() -> None:
+    """Each row is timed once per round, the order rotating, so a load burst falls on all rows alike."""
+    from train.eval.bench import time_interleaved
+
+    calls: list[str] = []
+    fns = [lambda x, n=n: calls.append(n) for n in "abc"]
+    times = time_interleaved(fns, np.zeros(1), repeats=4, warmup=2)
+    assert [len(t) for t in times] == [4, 4, 4] and all((t >= 0).all() for t in times)
+    timed = calls[6:]  # after 2 warm-up calls of each
+    assert calls[:6] == list("aabbcc")
+    assert [timed[i:i + 3] for i in range(0, 12, 3)] == [list("abc"), list("bca"), list("cab"), list("abc")]

@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,24 +49,36 @@ def machine_info() -> dict[str, Any]:
             "torch": torch.__version__, "onnxruntime": ort.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def time_fn(fn: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int, warmup: int = 3) -> np.ndarray:
-    """Wall-clock seconds of ``repeats`` calls of ``fn(x)`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn(x)
-    out = np.empty(repeats)
+def time_interleaved(fns: Sequence[Callable[[np.ndarray], Any]], x: np.ndarray, repeats: int,
+                     warmup: int = 3) -> list[np.ndarray]:
+    """Wall-clock seconds of ``repeats`` calls of each ``fn(x)``, taken in rounds (one call of each per round, the
+    order rotating) after ``warmup`` untimed calls each.
+
+    Why rounds: on a shared or throttling machine the load drifts over a run; timing one function after another
+    would hand one of them the busy minutes, and the ratios the bench exists for (INT8 vs FP32, gate on vs off)
+    would measure the load.  Interleaved, every row sees the same drift."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn(x)
+    out = [np.empty(repeats) for _ in fns]
     for i in range(repeats):
-        t0 = time.perf_counter()
-        fn(x)
-        out[i] = time.perf_counter() - t0
+        for k in range(len(fns)):
+            j = (i + k) % len(fns)
+            t0 = time.perf_counter()
+            fns[j](x)
+            out[j][i] = time.perf_counter() - t0
     return out
 
 
-def _latency(fn, x: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
+def _latencies(fns: Sequence[Callable[[np.ndarray], Any]], x: np.ndarray, batch: int,
+               repeats: int) -> list[dict[str, float]]:
     xb = np.ascontiguousarray(np.resize(x, (batch,) + x.shape[1:]), dtype=np.float32)
-    t = time_fn(fn, xb, repeats)
-    per_img = t / batch * 1e3
-    return {"p50_ms": float(np.median(per_img)), "p99_ms": float(np.percentile(per_img, 99)),
-            "throughput": float(batch / np.median(t))}
+    out = []
+    for t in time_interleaved(fns, xb, repeats):
+        per_img = t / batch * 1e3
+        out.append({"p50_ms": float(np.median(per_img)), "p99_ms": float(np.percentile(per_img, 99)),
+                    "throughput": float(batch / np.median(t))})
+    return out
 
 
 def bench_bundle(bundle_dir: str | Path, model: nn.Module | None, x: np.ndarray, y: np.ndarray,
@@ -134,9 +146,11 @@ def _bench(bundle_dir: Path, model: nn.Module | None, x: np.ndarray, y: np.ndarr
             row["gate_fired_clean"] = float(np.mean(gates[i].classify_gated(x)[2]))
             if x_adv is not None:
                 row["gate_fired_attacked"] = float(np.mean(gates[i].classify_gated(x_adv)[2]))
-        row["batch1"] = _latency(fn, x, 1, repeats)
-        row[f"batch{batch}"] = _latency(fn, x, batch, max(5, repeats // 5))
         rows.append(row)
+    timed = [(row, fn) for row, (*_, fn) in zip(rows, runners) if row["status"] == "ok"]
+    for key, b, n in (("batch1", 1, repeats), (f"batch{batch}", batch, max(5, repeats // 5))):
+        for (row, _), lat in zip(timed, _latencies([fn for _, fn in timed], x, b, n)):
+            row[key] = lat
     return {"bundle": str(bundle_dir), "batch": batch, "repeats": repeats, "n_images": int(len(x)),
             "threads": threads, "machine": machine_info(), "rows": rows}
 
