@@ -185,7 +185,7 @@ class _Job:
         fp32 = torch_to_onnx(module, self.out_dir / _file(name or part, "fp32", single), input_size=self.size,
                              output_names=names)
         slim(fp32)
-        keep = gate_nodes(fp32) if len(refs) == 3 else []  # a gated graph's detector path stays FP32
+        keep = (gate_nodes(fp32) if len(refs) == 3 else []) + flagged_nodes(module, fp32)
         for prec in self.precisions:
             path = self.out_dir / _file(name or part, prec, single)
             extra: dict[str, Any] = {}
@@ -220,6 +220,18 @@ class _Job:
             if chain is not None:
                 chain[prec].append(path)
         return refs[0]
+
+
+def flagged_nodes(module: Any, onnx_path: Path) -> list[str]:
+    """Nodes of ``onnx_path`` under the name prefixes ``module.int8_fp32_prefixes`` asks to keep in FP32 at INT8
+    (a defense whose quantized part measurably loses its robustness, e.g. FRU's units).  A prefix that matches
+    no node is an error: a renamed graph must not silently drop the protection."""
+    prefixes = tuple(getattr(module, "int8_fp32_prefixes", ()))
+    names = _node_names(onnx_path)
+    dead = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if dead:
+        raise SignguardError(f"{onnx_path}: int8_fp32_prefixes {dead} match no node of the exported graph")
+    return sorted(n for n in names if prefixes and n.startswith(prefixes))
 
 
 def gate_parity(refs: list[np.ndarray], got: dict[str, np.ndarray], names: list[str]) -> dict[str, float]:

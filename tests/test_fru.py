@@ -240,3 +240,27 @@ def test_fru_exports_to_plain_gather_slice_concat_and_int8_keeps_accuracy(traine
            for p in ("fp32", "int8")}
     assert float(np.mean(ref == data.test.y)) == acc["fp32"]
     assert acc["int8"] >= acc["fp32"] - 0.01
+    # the units stay FP32 at INT8 (their robustness does not survive quantization); the frozen convs are quantized
+    int8 = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    dq_outputs = {o for n in int8.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = {n.name for n in int8.node if n.op_type == "Conv" and n.input[1] in dq_outputs}
+    convs = {n.name for n in int8.node if n.op_type == "Conv"}
+    units = {c for c in convs if "/unit/" in c}
+    assert len(units) == 4 * len(fru.regen) and not units & quantized
+    assert convs - units == quantized
+
+
+def test_a_stale_int8_fp32_prefix_is_an_error(trained, tmp_path):
+    from edge.errors import SignguardError
+    from export.bundle import flagged_nodes
+    from export.onnx_export import torch_to_onnx
+
+    _, fru, *_ = trained
+    path = torch_to_onnx(fru, tmp_path / "m.onnx", input_size=32)
+    assert flagged_nodes(fru, path) and all("/unit/" in n for n in flagged_nodes(fru, path))
+
+    class Renamed(nn.Module):
+        int8_fp32_prefixes = ("/no_such_module/",)
+
+    with pytest.raises(SignguardError, match="no_such_module"):
+        flagged_nodes(Renamed(), path)
