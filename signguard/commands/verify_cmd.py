@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         Margins,
         heldout_for_bundle,
         pgd_transfer,
+        sticker_names,
         sticker_transfer,
         to_markdown,
         uap_transfer,
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     pgd = attack_options(args)
     if pgd.get("eps") != 0:
         attacks.append(pgd_transfer(model, x[: args.attack_n], y[: args.attack_n], seed=args.seed, **pgd))
-    attacks += [sticker_transfer(s) for s in args.sticker]
+    attacks += [sticker_transfer(s, name=n) for s, n in zip(args.sticker, sticker_names(args.sticker))]
     if args.uap:
         attacks.append(uap_transfer(args.uap, x))
     report = verify_bundle(bundle, model, x, y, attacks, Margins(args.max_acc_drop, args.max_asr_rise))

@@ -103,8 +103,27 @@ def pgd_transfer(model: nn.Module, x: np.ndarray, y: np.ndarray, seed: int = 0, 
     return TransferAttack(f"pgd_{c['eps'] * 255:.0f}", res.x_adv.numpy(), y, "untargeted", budget=budget)
 
 
-def sticker_transfer(sticker_dir: str | Path, n_views: int = 40, seed: int = 1_000) -> TransferAttack:
-    """An RP2 sticker (``signguard attack rp2`` output) on ``n_views`` fresh poses of its sign."""
+def sticker_names(sticker_dirs: Sequence[str | Path]) -> list[str]:
+    """Report names of RP2 stickers: ``rp2_<sign>_to_<target>``, or ``rp2_<sign>_to_<target>@<folder name>``
+    for stickers that share a sign and target (a report keyed by attack name would otherwise keep only one)."""
+    from ..attacks.sticker_io import load_sticker
+
+    base = []
+    for d in sticker_dirs:
+        meta = load_sticker(d)[2]["meta"]
+        base.append(f"rp2_{meta.get('sign', 'stop')}_to_{meta['target']}")
+    names = [f"{b}@{Path(d).name}" if base.count(b) > 1 else b for b, d in zip(base, sticker_dirs)]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SignguardError(f"stickers {[str(d) for d in sticker_dirs]}: two have the same sign, target and "
+                             f"folder name ({dup}); rename a folder")
+    return names
+
+
+def sticker_transfer(sticker_dir: str | Path, n_views: int = 40, seed: int = 1_000,
+                     name: str | None = None) -> TransferAttack:
+    """An RP2 sticker (``signguard attack rp2`` output) on ``n_views`` fresh poses of its sign, reported as
+    ``name`` (default ``rp2_<sign>_to_<target>``; see :func:`sticker_names` for several stickers)."""
     from ..attacks.sticker_io import load_sticker
     from ..attacks.views import render_views, render_with_sticker
     from ..data.classes import LISA_INDEX
@@ -113,7 +132,7 @@ def sticker_transfer(sticker_dir: str | Path, n_views: int = 40, seed: int = 1_0
     sign, target = meta["meta"].get("sign", "stop"), meta["meta"]["target"]
     views = render_views(LISA_INDEX[sign], n_views, seed)
     x = np.asarray(render_with_sticker(views, rgb, region), dtype=np.float32)
-    return TransferAttack(f"rp2_{sign}_to_{target}", x, np.full(len(x), LISA_INDEX[target]), "targeted",
+    return TransferAttack(name or f"rp2_{sign}_to_{target}", x, np.full(len(x), LISA_INDEX[target]), "targeted",
                           budget=f"sticker {Path(sticker_dir).name}, {n_views} held-out poses")
 
 
@@ -157,12 +176,13 @@ def verify_bundle(bundle_dir: str | Path, model: nn.Module, x: np.ndarray, y: np
     for r in rows:
         if r["backend"] != "onnxruntime" or r["precision"] == "fp32":
             continue
-        drop = 100 * (ref["accuracy"] - r["accuracy"])
+        # rounded: rates are k/n, and 100 * (0.91 - 0.90) is 1.0000000000000009, not 1 pt
+        drop = round(100 * (ref["accuracy"] - r["accuracy"]), 9)
         if drop > margins.max_acc_drop:
             failures.append(f"{r['precision']}: clean accuracy {100 * r['accuracy']:.2f}% is {drop:.2f} pt below "
                             f"FP32 ({100 * ref['accuracy']:.2f}%; margin {margins.max_acc_drop:g} pt)")
         for a in attacks:
-            rise = 100 * (r[a.name] - ref[a.name])
+            rise = round(100 * (r[a.name] - ref[a.name]), 9)
             if rise > margins.max_asr_rise:
                 failures.append(f"{r['precision']}: {a.name} success {100 * r[a.name]:.1f}% is {rise:.1f} pt above "
                                 f"FP32 ({100 * ref[a.name]:.1f}%; margin {margins.max_asr_rise:g} pt)")
