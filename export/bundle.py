@@ -90,7 +90,8 @@ def export_bundle(
     ``precisions`` from fp32/fp16/int8 (fp32 is always written: the others are measured against it);
     int8 needs ``calib_x`` (preprocessed images, see :mod:`calib.dataset`), quantized by ``quantizer``
     (onnxruntime, or NVIDIA Model Optimizer when installed).  The FP32 graph must match
-    PyTorch within ``parity_tol`` on ``parity_inputs``; FP16/INT8 differences are recorded, not bounded
+    PyTorch within ``parity_tol`` (or float32 rounding at the outputs' scale, :func:`fp32_parity_bound`) on
+    ``parity_inputs``; FP16/INT8 differences are recorded, not bounded
     (``signguard verify`` judges them by accuracy and attack success instead).
     """
     import torch
@@ -211,15 +212,31 @@ class _Job:
             diff = compare_outputs(refs[0].reshape(len(refs[0]), -1), got[names[0]].reshape(len(refs[0]), -1))
             if len(refs) == 3:  # gate score and decision, and the final class
                 diff.update(gate_parity(refs, got, names))
-            if prec == "fp32" and diff["max_abs_diff"] > self.parity_tol:
-                raise SignguardError(f"{path}: ONNX parity failed, max |output diff| {diff['max_abs_diff']:.2e} > "
-                                     f"{self.parity_tol:.0e}")
+            if prec == "fp32":
+                bound = fp32_parity_bound(refs[0], self.parity_tol)
+                diff["bound"] = bound
+                if diff["max_abs_diff"] > bound:
+                    raise SignguardError(f"{path}: ONNX parity failed, max |output diff| {diff['max_abs_diff']:.2e} > "
+                                         f"{bound:.2e}")
             log.info("%s: max |diff| vs PyTorch %.2e, argmax agreement %.4f", path.name, diff["max_abs_diff"],
                      diff["argmax_agreement"])
             self.entries.append(model_entry(path.name, prec, "onnx", part, opset=OPSET, parity=diff, **extra))
             if chain is not None:
                 chain[prec].append(path)
         return refs[0]
+
+
+# float32 rounding relative to the output's scale: a few ulps (1.19e-7) accumulated over a LISA-CNN's sums
+FP32_REL_TOL = 2e-6
+
+
+def fp32_parity_bound(ref: np.ndarray, tol: float) -> float:
+    """The FP32 parity bound: ``tol``, or float32 rounding at the outputs' scale when that is larger.
+
+    Why relative: onnxruntime and PyTorch differ by rounding, which grows with the values summed.  A model whose
+    training inflates its logits (Deep Defense: max |z| 104-279 against the baseline's 61) crosses an absolute
+    1e-4 from rounding alone while both runtimes stay as close to a float64 forward as to each other."""
+    return max(tol, FP32_REL_TOL * float(np.abs(ref).max()))
 
 
 def flagged_nodes(module: Any, onnx_path: Path) -> list[str]:
