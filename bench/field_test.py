@@ -36,8 +36,6 @@ from typing import Any, Dict, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 from bench import field_stickers as fs  # noqa: E402
 from bench.field_tables import int8_report, readme  # noqa: E402
@@ -79,23 +77,12 @@ def _loads(bundle: Path) -> bool:
     return True
 
 
-def _sticker(folder: str):
-    """(bgr uint8, alpha) at the renderer's template size from the printed PNG, nearest-neighbour as printed."""
-    from train.attacks.sticker_io import load_sticker
-    from train.data.signs import TEMPLATE_SIZE
-
-    rgb, region, meta = load_sticker(folder)
-    t = TEMPLATE_SIZE
-    bgr = cv2.resize(np.ascontiguousarray(rgb[::-1].transpose(1, 2, 0)), (t, t), interpolation=cv2.INTER_NEAREST)
-    alpha = cv2.resize(region.astype(np.float32), (t, t), interpolation=cv2.INTER_NEAREST)
-    return (np.clip(np.rint(bgr * 255.0), 0, 255).astype(np.uint8), alpha), meta
-
-
 def _render(work: Path, drive: str, sticker_dir: Optional[str]) -> Dict[str, Any]:
+    from train.attacks.sticker_io import load_template_sticker
     from train.data.classes import STOP
     from train.data.driveby import render_driveby
 
-    sticker, meta = _sticker(sticker_dir) if sticker_dir else (None, None)
+    sticker, meta = load_template_sticker(sticker_dir) if sticker_dir else (None, None)
     d = render_driveby(work / "video" / drive, class_id=STOP, sticker=sticker, **DRIVE)
     return {"video": d.video_path, "csv": d.boxes_csv, "sticker": sticker_dir,
             "target": None if meta is None else meta["meta"]["target"],

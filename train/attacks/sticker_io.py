@@ -212,3 +212,18 @@ def load_sticker(sticker_dir: PathLike) -> tuple[np.ndarray, np.ndarray, dict[st
     small = rgba[np.ix_(src, src)]
     rgb = small[..., 2::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
     return rgb, small[..., 3] > 127, meta
+
+
+def load_template_sticker(sticker_dir: PathLike) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+    """A printed sticker as the renderers paste it (:func:`train.data.compose.check_sticker`): ``((bgr uint8
+    (T, T, 3), alpha float32 (T, T)), sticker.json)`` at the sign template's size, upsampled nearest-neighbour as
+    the print is -- the one conversion the drive-by renderer, the demo and the field test share."""
+    import cv2
+
+    from ..data.signs import TEMPLATE_SIZE
+
+    rgb, region, meta = load_sticker(sticker_dir)
+    t = TEMPLATE_SIZE
+    bgr = cv2.resize(np.ascontiguousarray(rgb[::-1].transpose(1, 2, 0)), (t, t), interpolation=cv2.INTER_NEAREST)
+    alpha = cv2.resize(region.astype(np.float32), (t, t), interpolation=cv2.INTER_NEAREST)
+    return (np.clip(np.rint(bgr * 255.0), 0, 255).astype(np.uint8), alpha), meta
