@@ -8,7 +8,20 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import adversarial, augmentation, blurnet, deep_defense, doa, fru, input_filter, none, nrp, prn, smoothing  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    adversarial,
+    augmentation,
+    blurnet,
+    deep_defense,
+    doa,
+    fru,
+    input_filter,
+    none,
+    nrp,
+    patchcleanser,
+    prn,
+    smoothing,
+)
 from .base import (
     DefendedModel,
     Defense,
