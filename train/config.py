@@ -134,12 +134,9 @@ class Recipe:
         return cls.from_dict(data, where)
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Load and validate a recipe YAML; ``overrides`` maps dotted keys to values (CLI ``--set``).
-
-    The sections ``name``, ``data``, ``model`` and ``optim`` are required: an empty or truncated file must not
-    start a default training run.
-    """
+def read_yaml_mapping(path: str | Path, expected: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file; one-line errors name the file (missing, unreadable, not YAML, or
+    not a mapping: ``expected`` says what it should hold).  Shared by every recipe and config loader."""
     import yaml
 
     path = Path(path)
@@ -152,10 +149,12 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a recipe mapping with sections {list(REQUIRED_SECTIONS)}")
-    missing = [k for k in REQUIRED_SECTIONS if k not in raw]
-    if missing:
-        raise ConfigError(f"{path}: missing section(s) {missing} (a recipe needs {list(REQUIRED_SECTIONS)})")
+        raise ConfigError(f"{path}: expected {expected}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set dotted keys (CLI ``--set a.b=v``) in ``raw`` in place, creating sections as needed."""
     for key, value in (overrides or {}).items():
         node = raw
         parts = key.split(".")
@@ -164,7 +163,20 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {p!r} is not a section")
         node[parts[-1]] = value
-    return Recipe.from_dict(raw, where=str(path))
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load and validate a recipe YAML; ``overrides`` maps dotted keys to values (CLI ``--set``).
+
+    The sections ``name``, ``data``, ``model`` and ``optim`` are required: an empty or truncated file must not
+    start a default training run.
+    """
+    raw = read_yaml_mapping(path, f"a recipe mapping with sections {list(REQUIRED_SECTIONS)}")
+    missing = [k for k in REQUIRED_SECTIONS if k not in raw]
+    if missing:
+        raise ConfigError(f"{path}: missing section(s) {missing} (a recipe needs {list(REQUIRED_SECTIONS)})")
+    return Recipe.from_dict(apply_overrides(raw, overrides), where=str(path))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -123,26 +123,10 @@ class NRPRecipe:
 
 def load_nrp_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> NRPRecipe:
     """Parse and validate a purifier recipe YAML; ``overrides`` maps dotted keys to values (``--set``)."""
-    import yaml
+    from .config import apply_overrides, read_yaml_mapping
 
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a recipe mapping")
-    for key, value in (overrides or {}).items():
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {p!r} is not a section")
-        node[parts[-1]] = value
-    return from_dict(NRPRecipe, raw, str(path))
+    raw = apply_overrides(read_yaml_mapping(path, "a recipe mapping"), overrides)
+    return from_dict(NRPRecipe, raw, str(Path(path)))
 
 
 def load_images(recipe: NRPRecipe, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:

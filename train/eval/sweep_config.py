@@ -197,17 +197,10 @@ def load_sweep(path: str | Path, quick: bool = False, root: Path | None = None) 
     Relative model paths are resolved against ``root`` (default: the working directory).  The quick block is
     validated even without ``quick``, so a typo in it fails before the long run that would not use it.
     """
-    import yaml
+    from ..config import read_yaml_mapping
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "a mapping at the top level")
     attacks = raw.pop("attacks", None)
     try:
         cfg = from_dict(SweepConfig, raw, str(path))
