@@ -1,11 +1,11 @@
 """Stickers for the INT8 field test (``bench/field_test.py``): each model's own strongest RP2 sticker, made the
 way an attacker who knows the defense would make it, and the rule that picks the strongest of the candidates.
 
-* Attacker's view of a model (:func:`attacker_view`): a plain classifier directly (white-box); the column-smoothing
-  wrapper through the mean softmax over all its ablations (EOT, :class:`~train.defenses.smoothing.SoftVote`); the
-  PRN gate through its soft select (:class:`~train.attacks.gate_surrogate.SoftGate`), BPDA for the white-box
-  sticker and the soft select for the low-frequency one -- the two strongest sticker attacks in
-  ``reports/prn/synthetic``.  Every sticker is then scored on the real model (vote, hard gate).
+* Attacker's view of a model (:func:`train.attacks.adaptive_view.attacker_view`): a plain classifier directly
+  (white-box); the certified wrappers through EOT over their ablations or one-mask copies; the PRN gate through
+  BPDA for the white-box sticker and its soft select for the low-frequency one -- the two strongest sticker
+  attacks in ``reports/prn/synthetic``.  Every sticker is then scored on the real model (vote, double masking,
+  hard gate).
 * Target (:func:`worst_target`): one per sticker, the model's worst target for that attack in the PyTorch reports
   (``reports/sticker_robustness/results.json``, ``reports/prn/synthetic/results.json``), else ``yield``.
 * Strongest (:func:`strongest`): the candidate with the highest targeted success on the model's own INT8 bundle
@@ -69,29 +69,6 @@ def strongest(candidates: Sequence[str], int8_success: Mapping[str, float],
     return max(candidates, key=lambda c: (int8_success[c], made_success[c], -order[c]))
 
 
-def attacker_view(model: Any, kind: str) -> Any:
-    """What the attacker differentiates (see the module docstring)."""
-    from train.attacks.gate_surrogate import SoftGate
-    from train.defenses.smoothing import SmoothedClassifier, SoftVote
-
-    if isinstance(model, SmoothedClassifier):
-        return SoftVote(model).eval()
-    if getattr(model, "detector", None) is not None:
-        return SoftGate(model, bpda=kind == "whitebox").eval()
-    return model
-
-
-def view_name(model: Any, kind: str) -> str:
-    from train.defenses.smoothing import SmoothedClassifier
-
-    if isinstance(model, SmoothedClassifier):
-        return "EOT over all ablations (SoftVote), scored on the vote"
-    if getattr(model, "detector", None) is not None:
-        return ("BPDA through the gate (hard forward, soft backward)" if kind == "whitebox"
-                else "soft select through the gate") + ", scored on the hard gate"
-    return "white-box on the classifier"
-
-
 def _cached(folder: Path, spec: StickerSpec, weights_sha256: str) -> Optional[Dict[str, Any]]:
     """The sidecar of an earlier sticker made for exactly this spec and these weights, if any."""
     side = folder / "sticker.json"
@@ -111,6 +88,7 @@ def make_sticker(spec: StickerSpec, root: Path, seed: int = 0, views: int = 40) 
 
     import torch
 
+    from train.attacks.adaptive_view import attacker_view, view_name
     from train.attacks.rp2 import RP2, evaluate_stickers, save_rp2_sticker
     from train.attacks.views import render_views
     from train.checkpoint import load_checkpoint
@@ -128,12 +106,13 @@ def make_sticker(spec: StickerSpec, root: Path, seed: int = 0, views: int = 40) 
     fit_seed, held_seed = view_seeds(seed)
     fit, held = render_views(stop, views, fit_seed), render_views(stop, views, held_seed)
     t0 = time.time()
-    res = RP2(attacker_view(model, spec.kind), steps=spec.steps, dct_dim=KINDS[spec.kind][0])(
+    bpda = spec.kind == "whitebox"  # BPDA through a gate for the white-box sticker, its soft select for lowfreq
+    res = RP2(attacker_view(model, bpda), steps=spec.steps, dct_dim=KINDS[spec.kind][0])(
         fit, [LISA_INDEX[spec.target]], seed=seed)
     ev = evaluate_stickers(model, held, res)
     save_rp2_sticker(folder, model, held, res, ev, 0, StickerConfig.sign_width_mm, StickerConfig.dpi,
                      {"attack": spec.kind, "model": spec.model, "checkpoint": spec.checkpoint,
-                      "model_sha256": meta["weights_sha256"], "attacker_view": view_name(model, spec.kind),
+                      "model_sha256": meta["weights_sha256"], "attacker_view": view_name(model, bpda),
                       "target_source": spec.target_source, "seed": seed, "seconds": round(time.time() - t0, 1)})
     return json.loads((folder / "sticker.json").read_text())["meta"]
 

@@ -10,7 +10,8 @@ attack optimised it in, so the numbers are reproducible here; a real test swaps 
 Steps (each artifact cached, so a rerun redoes only the cheap parts):
   1. bundles  every model exported FP32 + INT8 (``signguard export``) -> runs/field_test/bundles/<model>
   2. stickers two candidates per attacked model (white-box and low-frequency RP2, each through the model's
-              attacker view: EOT for column smoothing, the soft gate for PRN; ``bench/field_stickers.py``)
+              attacker view: EOT for column smoothing and PatchCleanser, the soft gate for PRN;
+              ``bench/field_stickers.py``)
               -> reports/sticker_robustness/int8/stickers/<model>__<kind>
   3. verify   every candidate on every verified bundle's FP32 and INT8 graphs -> reports/sticker_robustness/int8/
   4. choose   per model, the candidate with the highest INT8 success on its own bundle (40 fresh poses)
@@ -44,11 +45,11 @@ from signguard.cli import main as signguard  # noqa: E402
 
 MODELS = {"baseline": "runs/sweep/synthetic/baseline", "doa": "runs/doa_s10",
           "column_smoothing": "runs/column_smoothing", "prn_gate": "runs/prn/synthetic",
-          "blurnet_tv": "runs/sweep/synthetic/blurnet_tv"}
+          "blurnet_tv": "runs/sweep/synthetic/blurnet_tv", "patchcleanser": "runs/patchcleanser"}
 UNDEFENDED = "baseline"
 #: models whose own stickers are made here, with their RP2 steps (RP2's default 300 for all; column smoothing's EOT
 #: averages its 32 ablations every step, ~1.2 s a step at one thread against ~0.25 s, and still fits the budget)
-ATTACKED = {"baseline": 300, "doa": 300, "column_smoothing": 300, "prn_gate": 300}
+ATTACKED = {"baseline": 300, "doa": 300, "column_smoothing": 300, "prn_gate": 300, "patchcleanser": 300}
 KINDS = ("whitebox", "lowfreq")
 #: BlurNet-TV keeps the adaptive sticker of its own report (its TV regulariser in the attack loss)
 EXTRA_ADAPTIVE = {"blurnet_tv": "reports/blurnet/stickers/rp2_regularizer__tv_1e-4"}
@@ -101,8 +102,11 @@ def make_stickers(root: Path) -> List[fs.StickerSpec]:
     def read(path: str) -> Optional[Dict[str, Any]]:
         return json.loads((ROOT / path).read_text()) if (ROOT / path).is_file() else None
 
-    specs = fs.candidates(MODELS, {m: KINDS for m in ATTACKED}, ATTACKED,
-                          read("reports/sticker_robustness/results.json"), read("reports/prn/synthetic/results.json"))
+    rows = [r for path in ("reports/sticker_robustness/results.json",
+                           "reports/sticker_robustness/patchcleanser/results.json")
+            for r in (read(path) or {}).get("rows", [])]
+    specs = fs.candidates(MODELS, {m: KINDS for m in ATTACKED}, ATTACKED, {"rows": rows},
+                          read("reports/prn/synthetic/results.json"))
     for spec in specs:
         t0 = time.time()
         meta = fs.make_sticker(spec, root)

@@ -155,7 +155,7 @@ def max_inner_products(a, b=None) -> float:
 
 def restoration(ds: str, base, fru, fru_run: Path, x, y) -> dict:
     """Per held-out perturbation (and a white-box sPGD made on the FRU model itself): restoration rows."""
-    from train.defenses.fru import load_perturbation_set
+    from train.attacks.uap import load_perturbation_set
     from train.eval.attack_artifacts import universal_perturbation
     from train.eval.fru_restoration import heldout_set, restoration_row, summarize
 
@@ -179,7 +179,7 @@ def restoration(ds: str, base, fru, fru_run: Path, x, y) -> dict:
 
 def ranking(ds: str, base, x, y) -> dict:
     """Sec. 4.1 on the base: L1 norm vs observed noise per channel, and the Fig. 3 masking experiment."""
-    from train.defenses.fru import load_perturbation_set
+    from train.attacks.uap import load_perturbation_set
     from train.eval.fru_ranking import masking_study, ranking_study
 
     v, metas = load_perturbation_set(run_root(ds) / "perturbations" / "test")

@@ -8,7 +8,8 @@ What it measures, on a gated checkpoint trained by ``signguard train --config co
   test split under the bank's **held-out** perturbations (other seeds; never seen in training), for the
   recipe's SVM and for the other kernel fitted on the same features (linear vs RBF);
 * the clean-accuracy cost of the gate;
-* stickers (LISA classes only): RP2 stickers for all 17 targets made against the frozen baseline (the gate's
+* stickers (label spaces with a stop sign: LISA-18, GTSRB): RP2 stickers on the rendered stop sign for every
+  other class as target (``--targets`` caps it), made against the frozen baseline (the gate's
   detection rate on held-out stickered poses, targeted success through the gate), then adaptive RP2 made
   through the gate itself -- soft select over both branches, BPDA, and low-frequency -- scored on the real
   (hard) gate;
@@ -43,6 +44,7 @@ from train.data.classes import LISA_INDEX
 from train.data.datasets import load_data
 from train.defenses import defense_from_dict
 from train.defenses.dct_svm import fit_detector
+from train.defenses.prn import stop_label
 from train.eval.prn_protocol import gate_decisions, protocol_metrics
 from train.eval.sweep_runner import rp2_row
 from train.trainer import predict
@@ -78,10 +80,34 @@ def device_checks(run: Path, out: Path, data, meta: dict) -> dict:
         if signguard(argv) not in (0, 1):  # verify exits 1 when a precision fails its margins: reported, not fatal
             raise SystemExit(f"signguard {argv[0]} failed")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    return {"commands": ["signguard " + " ".join(a) for a in steps], "heldout_uap": names[i],
+    model, _ = load_checkpoint(run)
+    return {"macs": {"rectifier": macs(model.rectifier), "classifier": macs(model.classifier)},
+            "commands": ["signguard " + " ".join(a) for a in steps], "heldout_uap": names[i],
             "parity": [{"file": e["file"], "precision": e["precision"], **e["parity"]} for e in manifest["models"]],
             "verify": json.loads((dev / "verify.json").read_text()),
             "bench": json.loads((dev / "bench.json").read_text())}
+
+
+def macs(module: torch.nn.Module, size: int = 32) -> int:
+    """Multiply-adds of one (1, 3, size, size) forward pass through the convs and linears (what dominates)."""
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):  # every output value: in_channels * k * k products
+            total += out.numel() * m.weight[0].numel()
+        elif isinstance(m, torch.nn.ConvTranspose2d):  # every input value is spread over out_channels * k * k
+            total += inp[0].numel() * m.weight[0].numel()
+        else:
+            total += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    with torch.no_grad():
+        module.eval()(torch.zeros(1, 3, size, size))
+    for h in handles:
+        h.remove()
+    return total
 
 
 def device_markdown(d: dict) -> list[str]:
@@ -119,12 +145,13 @@ def device_markdown(d: dict) -> list[str]:
               if ("onnxruntime-cpu gate-on", prec) in rows and ("onnxruntime-cpu gate-off", prec) in rows}
     if ratios:
         worst = max(ratios.values())
+        mr, mc = d["macs"]["rectifier"] / 1e6, d["macs"]["classifier"] / 1e6
         lines += ["", f"Target gate-on <= 2x gate-off: {'met' if worst <= 2 else f'missed by {worst - 2:.1f}x'}.  "
-                  "Gate-on runs the rectifier (10.5 M MACs, 0.68x the LISA-CNN's 15.4 M), the DCT MatMuls and SVM "
-                  "Gemm (small) and the classifier once (the Where selects its input, I or R(I)): ~1.7x gate-off's "
-                  "MACs.  The measured ratio is above that (not profiled here: the rectifier's 22 nodes are small, "
-                  "so per-node overhead at batch 1 is the likely rest; at INT8 its stem, sum and clip also stay "
-                  "FP32, which its robustness needs, above)."]
+                  f"Gate-on runs the rectifier ({mr:.1f} M MACs, {mr / mc:.2f}x the classifier's {mc:.1f} M), the "
+                  "DCT MatMuls and SVM (small) and the classifier once (the Where selects its input, I or R(I)): "
+                  f"~{1 + mr / mc:.1f}x gate-off's MACs.  The measured ratio is above that (not profiled here: the "
+                  "rectifier's nodes are small, so per-node overhead at batch 1 is the likely rest; at INT8 its "
+                  "stem, sum and clip also stay FP32, which its robustness needs)."]
     return lines
 
 
@@ -144,21 +171,21 @@ def detectors(model, defense, data) -> dict:
 def sticker_attack(name: str, model, baseline, meta, args) -> dict:
     """One RP2 row on held-out stickered poses, scored on the hard gate: ``transfer`` (stickers made against
     the frozen baseline), ``soft`` / ``bpda`` / ``lowfreq`` (made through the gate, :class:`SoftGate`)."""
-    stop = LISA_INDEX["stop"]
-    targets = [c for c in range(len(LISA_INDEX)) if c != stop]
-    fit = render_views(stop, args.views, seed=2 * args.seed + 1)
-    held = render_views(stop, args.heldout, seed=2 * args.seed + 2)
+    stop = stop_label(meta["classes"])
+    targets = [c for c in range(len(meta["classes"])) if c != stop][: args.targets or None]
+    fit = render_views(LISA_INDEX["stop"], args.views, seed=2 * args.seed + 1)
+    held = render_views(LISA_INDEX["stop"], args.heldout, seed=2 * args.seed + 2)
     attack_model = {"transfer": baseline, "soft": SoftGate(model).eval(), "bpda": SoftGate(model, bpda=True).eval(),
                     "lowfreq": SoftGate(model).eval()}[name]
     res = RP2(attack_model, steps=args.steps, lr=0.03, lam=0.002, views_per_step=10,
               dct_dim=16 if name == "lowfreq" else 0)(fit, targets, seed=args.seed)
-    row = rp2_row(evaluate_stickers(model, held, res), meta)
+    row = rp2_row(evaluate_stickers(model, held, res, label=stop), meta)
     xs = np.concatenate([render_with_sticker(held, s, res.region) for s in res.stickers])
     out = {**{k: row[k] for k in ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")},
            "detection_rate": float(gate_decisions(model, torch.from_numpy(xs)).mean()),
            "clean_view_fpr": float(gate_decisions(model, held.x).mean())}
     if name == "transfer":
-        base = rp2_row(evaluate_stickers(baseline, held, res), meta)
+        base = rp2_row(evaluate_stickers(baseline, held, res, label=stop), meta)
         out["baseline"] = {k: base[k] for k in ("avg_asr", "worst_asr", "avg_untargeted_asr")}
     return out
 
@@ -193,7 +220,8 @@ def to_markdown(res: dict) -> str:
     st = res.get("stickers", {})
     if st:
         tr = st.get("transfer", {})
-        lines += ["", "## Stickers (RP2, all 17 targets, held-out poses; scored on the hard gate)", ""]
+        lines += ["", f"## Stickers (RP2 on the rendered stop sign, {res.get('sticker_targets', 17)} targets, "
+                  "held-out poses; scored on the hard gate)", ""]
         if "baseline" in tr:
             lines += [f"Baseline under its own stickers: targeted avg {tr['baseline']['avg_asr']:.1%}, worst "
                       f"{tr['baseline']['worst_asr']:.1%}, untargeted {tr['baseline']['avg_untargeted_asr']:.1%}.  "
@@ -227,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=20, help="RP2 optimisation poses")
     ap.add_argument("--heldout", type=int, default=40, help="held-out poses")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--targets", type=int, default=0, help="RP2 targets: the first N classes other than stop "
+                    "(0 = all)")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                     help="what to compute (each is cached in OUT/parts/; run parts in parallel, then once more "
                          "with none left to compute to write the report)")
@@ -236,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     model, meta = load_checkpoint(run)
     recipe = Recipe.from_sidecar(meta["recipe"], f"{run}/model.json")
-    lisa = meta["classes"] == list(LISA_INDEX)
+    has_stop = stop_label(meta["classes"]) is not None
     todo = [p for p in args.parts if not (out / "parts" / f"{p}.json").is_file()
-            and (lisa or p not in STICKER_ATTACKS)]
+            and (has_stop or p not in STICKER_ATTACKS)]
     if todo:
         baseline, _ = load_checkpoint(recipe.model.init)
         data = load_data(recipe.data, recipe.preprocess_cfg(), progress=False)
@@ -273,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
            "stickers": {p: parts[p]["value"] for p in STICKER_ATTACKS if p in parts},
            "adaptive_universal": parts.get("universal", {}).get("value"),
            "device": parts.get("device", {}).get("value"),
-           "command": f"python bench/prn_report.py --run {args.run} --out {args.out} --steps {args.steps}",
+           "sticker_targets": len([c for c in meta["classes"] if str(c).lower() != "stop"][: args.targets or None]),
+           "command": f"python bench/prn_report.py --run {args.run} --out {args.out} --steps {args.steps}"
+                      + (f" --targets {args.targets}" if args.targets else ""),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
            "wall_s": sum(p["wall_s"] for p in parts.values())}
     atomic_write_json(out / "results.json", res)

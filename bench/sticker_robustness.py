@@ -22,26 +22,21 @@ from pathlib import Path
 import torch
 
 from edge.fileio import atomic_write_json, atomic_write_text
+from train.attacks.adaptive_view import attacker_view
 from train.attacks.roa import ROA
 from train.attacks.rp2 import RP2, evaluate_stickers
 from train.attacks.views import render_views
 from train.checkpoint import load_checkpoint
 from train.data.classes import LISA_CLASSES, LISA_INDEX
 from train.defenses import DefenseStack
-from train.defenses.patchcleanser import MaskedEOT, PatchCleanser
+from train.defenses.patchcleanser import PatchCleanser
 from train.defenses.patchcleanser import certified as certified_double_masking
-from train.defenses.smoothing import SmoothedClassifier, SoftVote, certified
+from train.defenses.smoothing import SmoothedClassifier, certified
 from train.eval import metrics
 from train.eval.sweep_runner import rp2_row
 from train.trainer import predict
 
 OUT = "reports/sticker_robustness"
-
-
-def attacker_view(model: torch.nn.Module) -> torch.nn.Module:
-    if isinstance(model, PatchCleanser):
-        return MaskedEOT(model).eval()
-    return SoftVote(model).eval() if isinstance(model, SmoothedClassifier) else model
 
 
 def rp2_cell(model, attack_model, train_views, heldout, targets, steps, dct_dim, seed, meta) -> dict:

@@ -10,7 +10,7 @@ from torch import nn
 
 from edge.errors import ConfigError, SignguardError
 from tests.toy_data import toy_data
-from train.attacks.uap import SPGDUniversal, apply_universal, save_perturbation
+from train.attacks.uap import SPGDUniversal, apply_universal, load_perturbation_set, save_perturbation
 from train.checkpoint import load_checkpoint
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
 from train.defenses import defense_from_dict
@@ -19,7 +19,6 @@ from train.defenses.fru import (
     RegeneratedClassifier,
     SelectiveRegeneration,
     lisa_forward,
-    load_perturbation_set,
     rank_filters,
 )
 from train.eval.fru_ranking import masking_study, ranking_study, spearman

@@ -305,3 +305,40 @@ def test_the_device_loop_logs_and_counts_gate_decisions(tmp_path):
                      log_path=str(tmp_path / "off.jsonl"))
     assert (s_off.gated, s_off.gate_fired) == (0, 0)
     assert all(r["gate"] is None for r in read_log(tmp_path / "off.jsonl") if "event" not in r)
+
+
+def test_bank_imports_made_perturbations_and_is_rebuilt_for_another_classifier(tmp_path):
+    """``import_dir``: the train/ and test/ perturbations of another tool (FRU's) become the bank, named by
+    split, method and seed; a wrong budget names the file; a bank made for one classifier is not reused for
+    another (its weights' digest differs), and is reused for the same one."""
+    from edge.errors import SignguardError
+    from train.attacks.bank import BankConfig, build_bank, split_perturbations
+    from train.attacks.uap import save_perturbation
+    from train.defenses.prn import stop_label
+
+    xi = 32 / 255
+    rng = np.random.default_rng(0)
+    for split, method, seed in (("train", "uap", 1), ("train", "spgd", 2), ("test", "spgd", 101)):
+        v = rng.uniform(-xi, xi, (3, 32, 32)).astype(np.float32)
+        save_perturbation(tmp_path / "made" / split / f"{method}_s{seed}" / "uap.npy", v,
+                          {"norm": "linf", "xi": xi, "fooling_ratio": 0.8, "model_hash": "x", "method": method,
+                           "seed": seed})
+    torch.manual_seed(0)
+    clf = create_model("lisa_cnn_tiny", num_classes=4).eval()
+    x = torch.rand(16, 3, 32, 32)
+    cfg = BankConfig(xi=xi, sticker_targets=0, import_dir=str(tmp_path / "made"))
+    bank = build_bank(clf, x, x, tmp_path / "bank", cfg)
+    assert list(bank["names"]) == ["train:spgd:2", "train:uap:1", "test:spgd:101"]
+    assert len(split_perturbations(bank, "train")) == 2 and len(split_perturbations(bank, "test", "spgd")) == 1
+    stamp = (tmp_path / "bank" / "bank.npz").stat().st_mtime_ns
+    build_bank(clf, x, x, tmp_path / "bank", cfg)
+    assert (tmp_path / "bank" / "bank.npz").stat().st_mtime_ns == stamp  # same classifier: reused
+    with torch.no_grad():
+        next(clf.parameters()).add_(1.0)
+    build_bank(clf, x, x, tmp_path / "bank", cfg)
+    assert (tmp_path / "bank" / "bank.npz").stat().st_mtime_ns != stamp  # another classifier: rebuilt
+    with pytest.raises(SignguardError, match="xi"):
+        build_bank(clf, x, x, tmp_path / "bank", BankConfig(xi=16 / 255, sticker_targets=0,
+                                                            import_dir=str(tmp_path / "made")))
+    assert stop_label(["priority road", "yield", "stop"]) == 2 and stop_label(["Stop"]) == 0
+    assert stop_label(["yield"]) is None

@@ -20,6 +20,7 @@ twice and a finished one is reused.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -35,7 +36,7 @@ from edge.errors import SignguardError
 from edge.fileio import atomic_write_bytes, atomic_write_json
 
 from .base import batched_predict
-from .uap import UAP, SPGDUniversal
+from .uap import UAP, SPGDUniversal, load_perturbation_set
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class BankConfig:
     sticker_steps: int = 40
     sign: str = "stop"
     seed: int = 0
+    # a folder with train/ and test/ universal perturbations (`signguard attack uap` outputs, e.g. FRU's) to
+    # use instead of fitting new ones: the counts above are then ignored, and every file's xi must equal xi
+    import_dir: str = ""
 
 
 def _fit(kind: str, model: nn.Module, x: torch.Tensor, xi: float, seed: int, n: int) -> np.ndarray:
@@ -65,6 +69,27 @@ def _fit(kind: str, model: nn.Module, x: torch.Tensor, xi: float, seed: int, n: 
     attack = (UAP(model, xi=xi, batch_size=32, max_passes=3) if kind == "uap"
               else SPGDUniversal(model, xi=xi, steps=100, batch_size=32))
     return attack.fit(x[idx], seed=seed).cpu().numpy().astype(np.float32)
+
+
+def _imported(cfg: BankConfig) -> list[tuple[np.ndarray, str]]:
+    """The perturbations under ``cfg.import_dir``/{train,test}, named ``split:method:seed``."""
+    out = []
+    for split in ("train", "test"):
+        vs, metas = load_perturbation_set(Path(cfg.import_dir) / split)
+        for v, m in zip(vs, metas):
+            if m.get("norm") != "linf" or abs(float(m["xi"]) - cfg.xi) > 1e-6:
+                raise SignguardError(f"{m['file']}: {m.get('norm')} xi {m['xi']}, the bank needs linf xi {cfg.xi}")
+            out.append((v, f"{split}:{m.get('method', 'uap')}:{m.get('seed', len(out))}"))
+    return out
+
+
+def classifier_digest(model: nn.Module) -> str:
+    """SHA-256 of the classifier's weights as they are in memory, so a bank is reused only for its model."""
+    h = hashlib.sha256()
+    for k, t in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def fooling_ratio(model: nn.Module, x: torch.Tensor, v: np.ndarray) -> float:
@@ -81,43 +106,53 @@ def _cosines(p: np.ndarray) -> np.ndarray:
 
 
 def build_bank(model: nn.Module, train_x: torch.Tensor, test_x: torch.Tensor, out_dir: str | Path,
-               cfg: BankConfig, sticker_class: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
-    """Compute (or reuse) the bank in ``out_dir``; ``sticker_class`` None = no stickers (non-LISA classes)."""
+               cfg: BankConfig, sticker_label: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+    """Compute (or reuse, when made with ``cfg`` for this very ``model``) the bank in ``out_dir``.
+
+    ``sticker_label``: the classifier's class index of the rendered ``cfg.sign`` (LISA-18's own, or GTSRB's
+    "Stop"); None = no sticker views (a label space without that sign)."""
     from ..progress import progress as bar
 
     out = Path(out_dir)
     path = out / BANK_FILE
+    digest = classifier_digest(model)
     if path.is_file():
-        built = bank_summary(out).get("config") if (out / "bank.json").is_file() else None
-        if built == cfg.__dict__:
+        made = bank_summary(out) if (out / "bank.json").is_file() else {}
+        if made.get("config") == cfg.__dict__ and made.get("classifier_digest") == digest:
             return load_bank(out)
-        log.warning("%s: built with %s, not %s; rebuilding", path, built, cfg.__dict__)
+        log.warning("%s: built with %s for classifier %s, not %s for %s; rebuilding", path, made.get("config"),
+                    str(made.get("classifier_digest"))[:12], cfg.__dict__, digest[:12])
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    jobs = ([("uap", cfg.seed + s, "train") for s in range(cfg.train_uap)]
-            + [("spgd", cfg.seed + s, "train") for s in range(cfg.train_spgd)]
-            + [("uap", cfg.seed + 100 + s, "test") for s in range(cfg.test_uap)]
-            + [("spgd", cfg.seed + 100 + s, "test") for s in range(cfg.test_spgd)])
+    if cfg.import_dir:
+        made_here = _imported(cfg)
+    else:
+        jobs = ([("uap", cfg.seed + s, "train") for s in range(cfg.train_uap)]
+                + [("spgd", cfg.seed + s, "train") for s in range(cfg.train_spgd)]
+                + [("uap", cfg.seed + 100 + s, "test") for s in range(cfg.test_uap)]
+                + [("spgd", cfg.seed + 100 + s, "test") for s in range(cfg.test_spgd)])
+        made_here = [(_fit(kind, model, train_x, cfg.xi, seed, cfg.fit_images), f"{split}:{kind}:{seed}")
+                     for kind, seed, split in bar(jobs, "perturbation bank", progress)]
     perts, names, fooling = [], [], []
-    for kind, seed, split in bar(jobs, "perturbation bank", progress):
-        v = _fit(kind, model, train_x, cfg.xi, seed, cfg.fit_images)
+    for v, name in made_here:
         fr = fooling_ratio(model, test_x, v)
-        log.info("bank: %s seed %d (%s): fooling ratio %.3f on test images", kind, seed, split, fr)
+        log.info("bank: %s: fooling ratio %.3f on test images", name, fr)
         perts.append(v)
-        names.append(f"{split}:{kind}:{seed}")
+        names.append(name)
         fooling.append(fr)
     arrays: dict[str, np.ndarray] = {"perturbations": np.stack(perts), "names": np.array(names),
                                      "fooling": np.array(fooling, dtype=np.float32)}
-    if sticker_class is not None and cfg.sticker_targets > 0:
-        arrays.update(_sticker_views(model, sticker_class, cfg))
+    if sticker_label is not None and cfg.sticker_targets > 0:
+        arrays.update(_sticker_views(model, sticker_label, cfg))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
     cos = _cosines(arrays["perturbations"])
     atomic_write_json(out / "bank.json", {
-        "config": cfg.__dict__, "names": names, "fooling_ratio": [round(f, 4) for f in fooling],
+        "config": cfg.__dict__, "classifier_digest": digest, "names": names,
+        "fooling_ratio": [round(f, 4) for f in fooling],
         "max_abs_cosine_test_vs_train": float(np.abs(cos[np.ix_(_split(names, "test"), _split(names, "train"))]).max())
-        if cfg.test_uap + cfg.test_spgd and cfg.train_uap + cfg.train_spgd else None,
+        if _split(names, "test") and _split(names, "train") else None,
         "n_sticker_views": int(len(arrays.get("sticker_adv", []))),
     })
     return load_bank(out)
@@ -127,13 +162,15 @@ def _split(names: Any, split: str) -> list[int]:
     return [i for i, n in enumerate(names) if str(n).startswith(split + ":")]
 
 
-def _sticker_views(model: nn.Module, class_id: int, cfg: BankConfig) -> dict[str, np.ndarray]:
-    """Every target's RP2 sticker painted on ``sticker_views`` training poses (seeds disjoint from eval's)."""
+def _sticker_views(model: nn.Module, label: int, cfg: BankConfig) -> dict[str, np.ndarray]:
+    """Every target's RP2 sticker painted on ``sticker_views`` training poses (seeds disjoint from eval's) of the
+    rendered ``cfg.sign``, which the classifier calls ``label``; targets: its first ``sticker_targets`` others."""
+    from ..data.classes import LISA_INDEX
     from .rp2 import RP2
     from .views import render_views, render_with_sticker
 
-    views = render_views(class_id, cfg.sticker_views, seed=9_001 + cfg.seed)
-    targets = [t for t in range(_num_classes(model)) if t != class_id][: cfg.sticker_targets]
+    views = render_views(LISA_INDEX[cfg.sign], cfg.sticker_views, seed=9_001 + cfg.seed)
+    targets = [t for t in range(_num_classes(model)) if t != label][: cfg.sticker_targets]
     res = RP2(model, steps=cfg.sticker_steps, lr=0.03, lam=0.002, views_per_step=10)(views, targets, seed=cfg.seed)
     adv = np.concatenate([render_with_sticker(views, s, res.region) for s in res.stickers])
     clean = np.concatenate([views.x.numpy()] * len(res.stickers))

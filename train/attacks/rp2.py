@@ -175,12 +175,14 @@ class RP2:
 
 
 @torch.no_grad()
-def evaluate_stickers(model: nn.Module, views: SignViews, result: RP2Result, batch_size: int = 512) -> dict[str, Any]:
+def evaluate_stickers(model: nn.Module, views: SignViews, result: RP2Result, batch_size: int = 512,
+                      label: int | None = None) -> dict[str, Any]:
     """Physical-style evaluation on (held-out) ``views``: re-render each pose with each target's sticker.
 
     Per target: targeted success (prediction == target), untargeted success
     (prediction altered, BlurNet Sec. II-A), mean L2 dissimilarity of the
-    stickered input to the clean one.  Also the clean accuracy on the views.
+    stickered input to the clean one.  Also the clean accuracy on the views, against ``label`` (the model's
+    index of the rendered sign; default its LISA-18 index ``views.class_id``).
     """
     from ..eval.metrics import accuracy, attack_success_rate, l2_dissimilarity, targeted_success_rate
     from ..trainer import predict
@@ -195,7 +197,8 @@ def evaluate_stickers(model: nn.Module, views: SignViews, result: RP2Result, bat
                     "untargeted_success": attack_success_rate(clean, pred),
                     "l2_dissimilarity": float(l2_dissimilarity(x0, xs).mean()),
                     "predictions": np.bincount(pred, minlength=int(max(pred.max(), t)) + 1).tolist()})
-    return {"n_views": len(views), "clean_accuracy": accuracy(clean, np.full(len(clean), views.class_id)),
+    true = views.class_id if label is None else label
+    return {"n_views": len(views), "clean_accuracy": accuracy(clean, np.full(len(clean), true)),
             "per_target": per}
 
 

@@ -318,3 +318,19 @@ def load_perturbation(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     if not np.isfinite(v).all():
         raise SignguardError(f"{path}: perturbation holds NaN or inf")
     return v, meta
+
+
+def load_perturbation_set(folder: str | Path) -> tuple[np.ndarray, list[dict]]:
+    """Every universal perturbation ``*.npy`` (with its JSON sidecar, hash-checked) under ``folder``, sorted by
+    path: ``(V (m, 3, H, W) float32, sidecars)``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SignguardError(f"{folder}: perturbation folder not found (make UAPs with `signguard attack uap`)")
+    files = sorted(folder.rglob("*.npy"))
+    if not files:
+        raise SignguardError(f"{folder}: no universal perturbation .npy files in it")
+    loaded = [load_perturbation(f) for f in files]
+    shapes = {v.shape for v, _ in loaded}
+    if len(shapes) > 1:
+        raise SignguardError(f"{folder}: perturbations of different shapes {sorted(shapes)}")
+    return np.stack([v for v, _ in loaded]), [{**m, "file": str(f)} for f, (_, m) in zip(files, loaded)]

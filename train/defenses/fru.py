@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -30,6 +29,7 @@ from torch import nn
 from edge.config import check_range
 from edge.errors import ConfigError, SignguardError
 
+from ..attacks.uap import load_perturbation_set
 from .base import Defense, register_defense
 
 log = logging.getLogger(__name__)
@@ -184,27 +184,6 @@ class RegeneratedClassifier(nn.Module):
         6.0% with the units kept FP32 (conv1 alone FP32: 15.8%; conv1's unit alone: 10.2%), measured with
         ``signguard verify --uap``.  The units are the small part of the graph; the frozen convs stay INT8."""
         return tuple(f"/{name}/unit/" for name in self.regen)
-
-
-# ---------------------------------------------------------------------------- training perturbations
-
-
-def load_perturbation_set(folder: str | Path) -> tuple[np.ndarray, list[dict]]:
-    """Every universal perturbation ``*.npy`` (with its JSON sidecar, hash-checked) under ``folder``, sorted by
-    path: ``(V (m, 3, H, W) float32, sidecars)``."""
-    from ..attacks.uap import load_perturbation
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SignguardError(f"{folder}: perturbation folder not found (make UAPs with `signguard attack uap`)")
-    files = sorted(folder.rglob("*.npy"))
-    if not files:
-        raise SignguardError(f"{folder}: no universal perturbation .npy files in it")
-    loaded = [load_perturbation(f) for f in files]
-    shapes = {v.shape for v, _ in loaded}
-    if len(shapes) > 1:
-        raise SignguardError(f"{folder}: perturbations of different shapes {sorted(shapes)}")
-    return np.stack([v for v, _ in loaded]), [{**m, "file": str(f)} for f, (_, m) in zip(files, loaded)]
 
 
 @dataclass

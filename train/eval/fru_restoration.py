@@ -59,7 +59,7 @@ def heldout_set(folder: str | Path, akhtar_n: int = 0, xi: float | None = None, 
     ball of ``xi`` (clipped), the threat model every other perturbation here obeys.
     """
     from ..attacks.synthetic_uap import akhtar_synthetic
-    from ..defenses.fru import load_perturbation_set
+    from ..attacks.uap import load_perturbation_set
 
     real, metas = load_perturbation_set(folder)
     out = [(Path(m["file"]).parent.name, v, m) for v, m in zip(real, metas)]

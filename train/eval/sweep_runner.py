@@ -99,16 +99,18 @@ def cell_key(a: AttackEntry, model_path: str, cfg: SweepConfig) -> str:
 
 def rp2_row(ev: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """One model's RP2 row from :func:`~train.attacks.rp2.evaluate_stickers`: average and worst-target targeted
-    success, average untargeted success, L2 dissimilarity, per-target success (BlurNet Table II)."""
+    success, average untargeted success, L2 dissimilarity, per-target success (BlurNet Table II).  Targets are
+    named in the model's label space (``meta["classes"]``; LISA-18 when it has none)."""
     per = {p["target"]: p["targeted_success"] for p in ev["per_target"]}
     s = metrics.targeted_summary(per)
+    names = meta.get("classes") or LISA_CLASSES
     return {
         "legit_acc": meta.get("metrics", {}).get("test_acc", float("nan")),
         "clean_view_acc": ev["clean_accuracy"],
-        "avg_asr": s["average"], "worst_asr": s["worst"], "worst_target": LISA_CLASSES[s["worst_target"]],
+        "avg_asr": s["average"], "worst_asr": s["worst"], "worst_target": names[s["worst_target"]],
         "avg_untargeted_asr": float(np.mean([p["untargeted_success"] for p in ev["per_target"]])),
         "l2_dissimilarity": float(np.mean([p["l2_dissimilarity"] for p in ev["per_target"]])),
-        "per_target": {LISA_CLASSES[t]: v for t, v in per.items()},
+        "per_target": {names[t]: v for t, v in per.items()},
         "n_views": ev["n_views"],
     }
 
