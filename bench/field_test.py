@@ -66,16 +66,18 @@ def _cli(*argv: str, ok: Tuple[int, ...] = (0,)) -> int:
     return code
 
 
-def _loads(bundle: Path) -> bool:
-    """Whether an earlier export can be reused (its INT8 graph exists and today's loader accepts it)."""
+def _loads(bundle: Path, checkpoint: str) -> bool:
+    """Whether an earlier export can be reused: today's loader accepts its INT8 graph and it was exported from
+    the checkpoint's current weights (a retrained model must not be tested through its predecessor's bundle)."""
     from edge.bundle import load_bundle
     from edge.errors import SignguardError
+    from train.checkpoint import read_sidecar
 
     try:
-        load_bundle(bundle, precision="int8")
+        manifest = load_bundle(bundle, precision="int8").manifest
     except SignguardError:
         return False
-    return True
+    return manifest.get("source", {}).get("weights_sha256") == read_sidecar(checkpoint)[1]["weights_sha256"]
 
 
 def _render(work: Path, drive: str, sticker_dir: Optional[str]) -> Dict[str, Any]:
@@ -92,7 +94,7 @@ def _render(work: Path, drive: str, sticker_dir: Optional[str]) -> Dict[str, Any
 
 def export_bundles(work: Path) -> None:
     for name, ckpt in MODELS.items():
-        if not _loads(work / "bundles" / name):
+        if not _loads(work / "bundles" / name, ckpt):
             shutil.rmtree(str(work / "bundles" / name), ignore_errors=True)
             _cli("export", "--checkpoint", ckpt, "--out", str(work / "bundles" / name), "--precision", "fp32", "int8",
                  "--quiet")
