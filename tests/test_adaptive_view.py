@@ -41,3 +41,29 @@ def test_each_defense_gets_its_surrogate_and_the_gradient_reaches_the_input():
     assert attacker_view(gate, bpda=True).bpda and not attacker_view(gate).bpda
     assert "BPDA" in view_name(gate, bpda=True)
     assert attacker_view(clf) is clf and view_name(clf) == "white-box on the classifier"
+
+
+def test_signguard_attack_crafts_through_the_view_and_scores_the_real_model(tmp_path):
+    """``signguard attack pgd`` on a PatchCleanser checkpoint: the attack differentiates MaskedEOT (the wrapper's
+    own output is piecewise constant), the sidecar says so, and the stored predictions are double masking's."""
+    import json
+
+    import numpy as np
+
+    from train.checkpoint import load_checkpoint
+    from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
+    from train.eval.attack_artifacts import pgd_examples
+    from train.trainer import predict, train
+
+    recipe = Recipe(name="pc", data=DataConfig(train_per_class=4, test_per_class=2),
+                    model=ModelConfig(name="lisa_cnn_tiny"), defense={"kind": "patchcleanser", "patch": 6},
+                    optim=OptimConfig(epochs=1, batch_size=32, seed=0))
+    train(recipe, tmp_path / "pc", progress=False)
+    art = pgd_examples(tmp_path / "pc", tmp_path / "pgd", views=3, eps=16 / 255, steps=3)
+    side = json.loads((tmp_path / "pgd" / "pgd.json").read_text())
+    assert "double masking" in side["attacker_view"]
+    model, _ = load_checkpoint(tmp_path / "pc")
+    z = np.load(tmp_path / "pgd" / "pgd.npz")
+    assert np.array_equal(z["pred_adv"], predict(model, z["x_adv"]))
+    assert np.abs(z["x_adv"] - z["x"]).max() > 0  # the gradient reached the input through the view
+    assert art.metrics["success_rate"] == float(np.mean(z["pred_adv"] != z["y"]))

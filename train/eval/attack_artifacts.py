@@ -65,6 +65,7 @@ def rp2_sticker(checkpoint: PathLike, out: PathLike, *, sign: str = "stop", targ
     """An RP2 sticker turning ``sign`` into ``target``: optimised on ``views`` poses, scored on ``views``
     held-out poses, saved as PNG + PDF at ``sign_width_mm`` / ``dpi`` with mask, sidecar and preview.
     ``params``: :class:`~train.attacks.rp2.RP2` hyper-parameters."""
+    from ..attacks.adaptive_view import attacker_view, view_name
     from ..attacks.rp2 import RP2, evaluate_stickers, save_rp2_sticker
     from ..attacks.views import render_views
     from ..checkpoint import load_checkpoint
@@ -76,11 +77,11 @@ def rp2_sticker(checkpoint: PathLike, out: PathLike, *, sign: str = "stop", targ
     fit_seed, held_seed = view_seeds(seed)
     train_v = render_views(cls, views, fit_seed)
     held = render_views(cls, views, held_seed)
-    atk = RP2(model, progress=progress, **params)
+    atk = RP2(attacker_view(model), progress=progress, **params)  # scored on the real model below
     res = atk(train_v, [tgt], seed=seed)
     ev = evaluate_stickers(model, held, res)
     paths = save_rp2_sticker(out, model, held, res, ev, 0, sign_width_mm, dpi,
-                             {"model_sha256": meta["weights_sha256"]})
+                             {"model_sha256": meta["weights_sha256"], "attacker_view": view_name(model)})
     return Artifact(paths, {"sign": sign, "target": target,
                             "targeted_success": ev["per_target"][0]["targeted_success"],
                             "clean_accuracy": ev["clean_accuracy"], "heldout_views": len(held)}, atk.config())
@@ -103,6 +104,7 @@ def universal_perturbation(checkpoint: PathLike, out: PathLike, *, method: str =
     ``metrics``: fooling ratio on the fit set and on the held-out set, held-out accuracy under the
     perturbation, ``||v||``; ``extra``: ``v`` and the drawn ``fit_index`` / ``heldout_index``.
     """
+    from ..attacks.adaptive_view import attacker_view, view_name
     from ..attacks.base import eval_mode
     from ..attacks.uap import apply_universal, default_xi, save_perturbation
     from ..checkpoint import load_checkpoint
@@ -122,7 +124,7 @@ def universal_perturbation(checkpoint: PathLike, out: PathLike, *, method: str =
     fit_idx, test_idx = universal_draw(len(data.train), len(data.test), n, n_test, seed)
     x_fit = torch.from_numpy(data.train.x[fit_idx])
     x_test, y_test = torch.from_numpy(data.test.x[test_idx]), torch.from_numpy(data.test.y[test_idx]).long()
-    attack = UNIVERSAL[method](model, progress=progress, **params)
+    attack = UNIVERSAL[method](attacker_view(model), progress=progress, **params)  # scored on the real model
     with eval_mode(model):
         v = attack.fit(x_fit, seed=seed)
     fit_res = apply_universal(model, x_fit, torch.from_numpy(data.train.y[fit_idx]).long(), v)
@@ -135,7 +137,7 @@ def universal_perturbation(checkpoint: PathLike, out: PathLike, *, method: str =
             "xi": default_xi(norm, v.size) if cfg["xi"] is None else cfg["xi"],  # the budget; ||v|| may be below
             "fooling_ratio": fr, "n_images": len(x_fit), "heldout_fooling_ratio": fr_test,
             "heldout_images": len(x_test), "heldout_accuracy": accuracy(test_res.info["pred_adv"], y_test.numpy()),
-            "model_hash": meta["weights_sha256"], "seed": seed, "config": cfg}
+            "model_hash": meta["weights_sha256"], "seed": seed, "config": cfg, "attacker_view": view_name(model)}
     save_perturbation(out / "uap.npy", v, side)
     v_norm = float(np.abs(v).max() if norm == "linf" else np.linalg.norm(v))
     return Artifact({"perturbation": out / "uap.npy"},
@@ -150,9 +152,11 @@ def pgd_examples(checkpoint: PathLike, out: PathLike, *, sign: str = "stop", vie
     """PGD (:class:`~train.attacks.pgd.PGD` with ``params``) on ``views`` held-out poses of ``sign``:
     ``out/pgd.npz`` (clean and adversarial images, labels, predictions) and ``out/pgd.json`` (the attack's
     effective configuration and the success rate)."""
+    from ..attacks.adaptive_view import attacker_view, view_name
     from ..attacks.pgd import PGD
     from ..attacks.views import render_views
     from ..checkpoint import load_checkpoint
+    from ..trainer import predict
 
     cls = _class_id(sign, "sign")
     model, meta = load_checkpoint(checkpoint)
@@ -160,13 +164,15 @@ def pgd_examples(checkpoint: PathLike, out: PathLike, *, sign: str = "stop", vie
     out.mkdir(parents=True, exist_ok=True)
     held = render_views(cls, views, view_seeds(seed)[1])
     y = torch.full((len(held),), cls, dtype=torch.long)
-    atk = PGD(model, progress=progress, **params)
+    atk = PGD(attacker_view(model), progress=progress, **params)
     r = atk(held.x, y, seed=seed)
+    pred_adv = predict(model, r.x_adv)  # the real model's reading, not the attacker's surrogate's
     buf = io.BytesIO()
-    np.savez_compressed(buf, x=held.x.numpy(), x_adv=r.x_adv.numpy(), y=y.numpy(), pred_adv=r.info["pred_adv"])
+    np.savez_compressed(buf, x=held.x.numpy(), x_adv=r.x_adv.numpy(), y=y.numpy(), pred_adv=pred_adv)
     atomic_write_bytes(out / "pgd.npz", buf.getvalue())
-    rate = r.success_rate
+    rate = float(np.mean(pred_adv != y.numpy()))
     atomic_write_json(out / "pgd.json", {**atk.config(), "success_rate": rate, "n_views": len(y), "sign": sign,
-                                         "seed": seed, "model_sha256": meta["weights_sha256"]})
+                                         "seed": seed, "model_sha256": meta["weights_sha256"],
+                                         "attacker_view": view_name(model)})
     return Artifact({"examples": out / "pgd.npz", "summary": out / "pgd.json"},
                     {"success_rate": rate, "n_views": len(y)}, atk.config())
