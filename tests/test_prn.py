@@ -128,6 +128,33 @@ def test_prn_recipe_builds_a_gate_in_front_of_a_frozen_classifier():
     assert not any(p.requires_grad for p in model.classifier.parameters())
 
 
+def test_identity_term_weighs_only_the_unperturbed_rows_of_the_batch():
+    """``identity_weight``: ||R(I) - I||^2 over the rows transform() left clean; the perturbed rows and the
+    sticker rows do not count, and weight 0 adds nothing (the paper's Eq. 2 alone)."""
+    from train.defenses.base import Step
+    from train.defenses.prn import PRN, PRNConfig
+
+    model = DefendedModel(create_model("lisa_cnn_tiny", num_classes=4), rectifier=Rectifier(4, 1),
+                          detector=DCTSVMDetector(Rectifier(4, 1), 32))
+    with torch.no_grad():
+        model.rectifier.out.bias.fill_(0.1)  # R(I) = I + 0.1 wherever that stays in [0, 1]
+    x = torch.full((8, 3, 32, 32), 0.5)
+    step = Step(0, 0, 0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    for weight in (0.0, 2.0):
+        prn = PRN(PRNConfig(width=4, blocks=1, identity_weight=weight, sticker_fraction=0.25))
+        prn.perturbations = torch.full((1, 3, 32, 32), 0.2)
+        prn.stickers = (torch.full((4, 3, 32, 32), 0.5), torch.full((4, 3, 32, 32), 0.9))
+        xb, _ = prn.transform(model, x, torch.zeros(8, dtype=torch.long), step)
+        term = prn.loss(model, xb, None, None, {})
+        if weight == 0:
+            assert term is None
+            continue
+        clean = prn.clean_rows
+        assert len(clean) == len(xb) == 10 and not clean[8:].any() and 0 < int(clean.sum()) < 8
+        assert torch.equal(xb[clean], torch.full_like(xb[clean], 0.5))
+        assert float(term) == pytest.approx(2.0 * 3 * 32 * 32 * 0.1 ** 2, rel=1e-4)
+
+
 @pytest.mark.slow  # ~40 s on 2 idle cores: bank, base and PRN training
 def test_prn_training_restores_accuracy_under_held_out_universal_perturbations(tmp_path):
     """The whole recipe on a toy set: bank (sPGD + UAP of the frozen classifier), Eq. 2 training, SVM fit.

@@ -95,6 +95,9 @@ class PRNConfig:
     bank_xi: float = 32 / 255
     bank_stickers: int = 17  # RP2 targets whose sticker views join the training set (0 = none)
     bank_import: str = ""  # train/ + test/ universal perturbations made elsewhere (e.g. FRU's), instead of fitting
+    # weight of ||R(I) - I||^2 on the batch's clean images, added to Eq. 2 (0 = the paper's loss alone): keeps a
+    # rectifier in front of an over-confident classifier from destroying every image (reports/prn/README.md)
+    identity_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check_range(self.width, "width", lo=1)
@@ -103,6 +106,7 @@ class PRNConfig:
         check_range(self.sticker_fraction, "sticker_fraction", lo=0.0, hi=1.0)
         check_choice(self.detector, KERNELS, "detector")
         check_range(self.bank_xi, "bank_xi", lo=0.0, hi=1.0)
+        check_range(self.identity_weight, "identity_weight", lo=0.0)
         if self.bank_train_uap + self.bank_train_spgd < 1:
             raise ConfigError("bank_train_uap + bank_train_spgd: need at least one real training perturbation")
 
@@ -117,6 +121,7 @@ class PRN(Defense):
         super().__init__(cfg)
         self.perturbations: torch.Tensor | None = None  # P* (train split + synthetic)
         self.stickers: tuple[torch.Tensor, torch.Tensor] | None = None  # (clean views, stickered views)
+        self.clean_rows: torch.Tensor | None = None  # which rows of the last training batch are unperturbed
 
     def wrap(self, model: nn.Module) -> nn.Module:
         rect = Rectifier(self.cfg.width, self.cfg.blocks)
@@ -168,10 +173,19 @@ class PRN(Defense):
         which = torch.randint(len(self.perturbations), (n,), generator=g)
         on = (torch.rand(n, generator=g) < self.cfg.perturb_prob).float().view(-1, 1, 1, 1)
         x = torch.cat([(x[:n] + on * self.perturbations[which]).clamp(0, 1), x[n:]])
+        self.clean_rows = torch.cat([on.view(-1) == 0, torch.zeros(len(x) - n, dtype=torch.bool)])
         clf = classifier_of(model)
         with torch.no_grad():
             labels = clf(clean.to(step.device)).argmax(1).cpu()
         return x, labels
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
+             aux: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``identity_weight`` * mean over the batch's clean images of ||R(I) - I||^2 (None when the weight is 0)."""
+        if not self.cfg.identity_weight or self.clean_rows is None or not bool(self.clean_rows.any()):
+            return None
+        xc = x[self.clean_rows.to(x.device)]
+        return self.cfg.identity_weight * (model.rectifier(xc) - xc).pow(2).flatten(1).sum(1).mean()
 
     @torch.no_grad()
     def validate(self, model: nn.Module, split: Any, device: torch.device) -> float | None:
