@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from edge.fileio import atomic_write_json, atomic_write_text
+from train.attacks.adaptive_view import attacker_view
 from train.attacks.bank import bank_summary, load_bank, split_perturbations
-from train.attacks.gate_surrogate import SoftGate
 from train.attacks.rp2 import RP2, evaluate_stickers
 from train.attacks.uap import SPGDUniversal
 from train.attacks.views import render_views, render_with_sticker
@@ -56,7 +56,7 @@ STICKER_LABELS = {"transfer": "RP2 made against the baseline (non-adaptive)", "s
 PARTS = ("protocols", "transfer", "soft", "bpda", "lowfreq", "universal", "device")
 
 
-def device_checks(run: Path, out: Path, data, meta: dict) -> dict:
+def device_checks(run: Path, out: Path, model, data, meta: dict) -> dict:
     """The gated bundle as the device gets it: export (FP32 + INT8, one fused graph), ``signguard verify`` with a
     held-out bank UAP beside PGD (accuracy, attack success and gate firing per precision), and ``signguard bench``
     (gate-on vs gate-off latency at batch 1 on CPU onnxruntime)."""
@@ -80,7 +80,6 @@ def device_checks(run: Path, out: Path, data, meta: dict) -> dict:
         if signguard(argv) not in (0, 1):  # verify exits 1 when a precision fails its margins: reported, not fatal
             raise SystemExit(f"signguard {argv[0]} failed")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    model, _ = load_checkpoint(run)
     return {"macs": {"rectifier": macs(model.rectifier), "classifier": macs(model.classifier)},
             "commands": ["signguard " + " ".join(a) for a in steps], "heldout_uap": names[i],
             "parity": [{"file": e["file"], "precision": e["precision"], **e["parity"]} for e in manifest["models"]],
@@ -170,13 +169,13 @@ def detectors(model, defense, data) -> dict:
 
 def sticker_attack(name: str, model, baseline, meta, args) -> dict:
     """One RP2 row on held-out stickered poses, scored on the hard gate: ``transfer`` (stickers made against
-    the frozen baseline), ``soft`` / ``bpda`` / ``lowfreq`` (made through the gate, :class:`SoftGate`)."""
+    the frozen baseline), ``soft`` / ``bpda`` / ``lowfreq`` (made through the gate's attacker view,
+    :func:`~train.attacks.adaptive_view.attacker_view`)."""
     stop = stop_label(meta["classes"])
-    targets = [c for c in range(len(meta["classes"])) if c != stop][: args.targets or None]
+    targets = sticker_targets(meta["classes"], args.targets)
     fit = render_views(LISA_INDEX["stop"], args.views, seed=2 * args.seed + 1)
     held = render_views(LISA_INDEX["stop"], args.heldout, seed=2 * args.seed + 2)
-    attack_model = {"transfer": baseline, "soft": SoftGate(model).eval(), "bpda": SoftGate(model, bpda=True).eval(),
-                    "lowfreq": SoftGate(model).eval()}[name]
+    attack_model = baseline if name == "transfer" else attacker_view(model, bpda=name == "bpda")
     res = RP2(attack_model, steps=args.steps, lr=0.03, lam=0.002, views_per_step=10,
               dct_dim=16 if name == "lowfreq" else 0)(fit, targets, seed=args.seed)
     row = rp2_row(evaluate_stickers(model, held, res, label=stop), meta)
@@ -190,11 +189,17 @@ def sticker_attack(name: str, model, baseline, meta, args) -> dict:
     return out
 
 
+def sticker_targets(classes: list[str], cap: int) -> list[int]:
+    """The RP2 targets: every class but stop, the first ``cap`` of them (0 = all)."""
+    stop = stop_label(classes)
+    return [c for c in range(len(classes)) if c != stop][: cap or None]
+
+
 def adaptive_universal(model, data, xi, seed) -> dict:
     """sPGD through the soft gate, fitted on training images, scored on the test split (through the real gate)."""
     x_fit = torch.as_tensor(data.train.x)[torch.randperm(len(data.train.x),
                                                            generator=torch.Generator().manual_seed(seed))[:500]]
-    v = SPGDUniversal(SoftGate(model).eval(), xi=xi, steps=100, batch_size=32).fit(x_fit, seed=seed)
+    v = SPGDUniversal(attacker_view(model), xi=xi, steps=100, batch_size=32).fit(x_fit, seed=seed)
     x, y = torch.as_tensor(data.test.x), data.test.y
     xv = (x + v).clamp(0, 1)
     return {"acc_gated": float((predict(model, xv) == y).mean()),
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         elif part == "universal":
             value = adaptive_universal(model, data, defense.cfg.bank_xi, args.seed)
         elif part == "device":
-            value = device_checks(run, out, data, meta)
+            value = device_checks(run, out, model, data, meta)
         else:
             value = sticker_attack(part, model, baseline, meta, args)
         atomic_write_json(out / "parts" / f"{part}.json", {"value": value, "wall_s": time.time() - t0})
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
            "stickers": {p: parts[p]["value"] for p in STICKER_ATTACKS if p in parts},
            "adaptive_universal": parts.get("universal", {}).get("value"),
            "device": parts.get("device", {}).get("value"),
-           "sticker_targets": len([c for c in meta["classes"] if str(c).lower() != "stop"][: args.targets or None]),
+           "sticker_targets": len(sticker_targets(meta["classes"], args.targets)),
            "command": f"python bench/prn_report.py --run {args.run} --out {args.out} --steps {args.steps}"
                       + (f" --targets {args.targets}" if args.targets else ""),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",

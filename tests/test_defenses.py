@@ -1,7 +1,6 @@
 """The defense interface: registry, composition, a frozen-classifier stage, fine-tuning, export of parts."""
 
 import ast
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from edge.errors import ConfigError
+from tests.bundle_helpers import export_files
 from tests.toy_data import toy_data as _toy_data
 from train.checkpoint import load_checkpoint
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
@@ -90,8 +90,6 @@ def test_stack_composes_a_purifier_with_a_trained_regulariser(tmp_path):
     """Input blur in front of a TV-regularised classifier: trains, reloads as a defended model, exports as
     two graphs or one, and every form gives the same logits."""
     from edge.bundle import load_bundle
-    from edge.preprocess import PreprocessConfig
-    from export.bundle import export_bundle
 
     data = _toy_data()
     r = _recipe([{"kind": "input_blur", "kernel_size": 3}, {"kind": "tv", "alpha": 1e-3}])
@@ -105,11 +103,7 @@ def test_stack_composes_a_purifier_with_a_trained_regulariser(tmp_path):
         expected = classifier_of(model)(BoxBlur(3)(x))
         assert torch.allclose(model(x), expected)
     for graphs, files in (("separate", {"purifier.onnx", "classifier.onnx"}), ("one", {"model.onnx"})):
-        out = tmp_path / graphs
-        export_bundle(model, out, meta["classes"], PreprocessConfig(), data.test.x[:32], name="toy",
-                      source={}, graphs=graphs)
-        m = json.loads((out / "manifest.json").read_text())
-        assert {e["file"] for e in m["models"]} == files
+        assert export_files(model, meta, data, tmp_path / graphs, 32, graphs=graphs) == files
     bundle = load_bundle(tmp_path / "one")
     assert np.allclose(bundle.classify(x.numpy()), expected.numpy(), atol=1e-4)
 

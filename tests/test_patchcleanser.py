@@ -2,7 +2,6 @@
 the certificate against an exhaustive patch search, and the one-graph export (FP32 parity, INT8)."""
 
 import itertools
-import json
 from collections import Counter
 
 import pytest
@@ -180,15 +179,12 @@ def test_masked_eot_is_the_mean_one_mask_softmax(cleanser):
 
 def test_exports_as_one_graph_fp32_parity_and_int8(cleanser, tmp_path):
     from edge.bundle import load_bundle
-    from edge.preprocess import PreprocessConfig
-    from export.bundle import export_bundle
+    from tests.bundle_helpers import export_files
 
     model, meta, data, _ = cleanser
     out = tmp_path / "bundle"
-    export_bundle(model, out, meta["classes"], PreprocessConfig(), data.test.x[:32], name="pc", source={},
-                  precisions=["fp32", "int8"], calib_x=data.train.x[:64])
-    m = json.loads((out / "manifest.json").read_text())
-    assert {e["file"] for e in m["models"]} == {"model.onnx", "model.int8.onnx"}
+    files = export_files(model, meta, data, out, 32, 64, precisions=["fp32", "int8"])
+    assert files == {"model.onnx", "model.int8.onnx"}
     x = data.test.x[32:]
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()

@@ -1,6 +1,5 @@
 """De-randomized column smoothing: the certificate, its guarantee under real patches, one-graph export."""
 
-import json
 
 import pytest
 import torch
@@ -61,15 +60,12 @@ def test_certified_predictions_survive_every_patch(smoothed):
 
 def test_smoothed_model_exports_as_one_graph_with_int8(smoothed, tmp_path):
     from edge.bundle import load_bundle
-    from edge.preprocess import PreprocessConfig
-    from export.bundle import export_bundle
+    from tests.bundle_helpers import export_files
 
     model, meta, data = smoothed
     out = tmp_path / "bundle"
-    export_bundle(model, out, meta["classes"], PreprocessConfig(), data.test.x[:64], name="smooth", source={},
-                  precisions=["fp32", "int8"], calib_x=data.train.x[:128])
-    m = json.loads((out / "manifest.json").read_text())
-    assert {e["file"] for e in m["models"]} == {"model.onnx", "model.int8.onnx"}
+    files = export_files(model, meta, data, out, 64, 128, precisions=["fp32", "int8"])
+    assert files == {"model.onnx", "model.int8.onnx"}
     x = data.test.x[64:]
     with torch.no_grad():
         votes = model(torch.from_numpy(x)).numpy()

@@ -16,31 +16,27 @@ from __future__ import annotations
 from torch import nn
 
 
-def attacker_view(model: nn.Module, bpda: bool = False) -> nn.Module:
-    """The differentiable module an adaptive attack on ``model`` optimises through (see the module docstring)."""
+def _view(model: nn.Module, bpda: bool) -> tuple[nn.Module, str]:
+    """The one dispatch behind :func:`attacker_view` and :func:`view_name`: (surrogate, what it is)."""
     from ..defenses.patchcleanser import MaskedEOT, PatchCleanser
     from ..defenses.smoothing import SmoothedClassifier, SoftVote
     from .gate_surrogate import SoftGate
 
     if isinstance(model, SmoothedClassifier):
-        return SoftVote(model).eval()
+        return SoftVote(model).eval(), "EOT over all ablations (SoftVote), scored on the vote"
     if isinstance(model, PatchCleanser):
-        return MaskedEOT(model).eval()
+        return MaskedEOT(model).eval(), "EOT over the one-mask copies (MaskedEOT), scored on double masking"
     if getattr(model, "detector", None) is not None:
-        return SoftGate(model, bpda=bpda).eval()
-    return model
+        how = "BPDA through the gate (hard forward, soft backward)" if bpda else "soft select through the gate"
+        return SoftGate(model, bpda=bpda).eval(), how + ", scored on the hard gate"
+    return model, "white-box on the classifier"
+
+
+def attacker_view(model: nn.Module, bpda: bool = False) -> nn.Module:
+    """The differentiable module an adaptive attack on ``model`` optimises through (see the module docstring)."""
+    return _view(model, bpda)[0]
 
 
 def view_name(model: nn.Module, bpda: bool = False) -> str:
     """One line saying what :func:`attacker_view` differentiates and what the attack is scored on."""
-    from ..defenses.patchcleanser import PatchCleanser
-    from ..defenses.smoothing import SmoothedClassifier
-
-    if isinstance(model, SmoothedClassifier):
-        return "EOT over all ablations (SoftVote), scored on the vote"
-    if isinstance(model, PatchCleanser):
-        return "EOT over the one-mask copies (MaskedEOT), scored on double masking"
-    if getattr(model, "detector", None) is not None:
-        return ("BPDA through the gate (hard forward, soft backward)" if bpda
-                else "soft select through the gate") + ", scored on the hard gate"
-    return "white-box on the classifier"
+    return _view(model, bpda)[1]

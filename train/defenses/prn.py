@@ -145,9 +145,9 @@ class PRN(Defense):
         bank = build_bank(classifier_of(model), torch.as_tensor(data.train.x), torch.as_tensor(data.test.x),
                           run_dir / "bank", bank_cfg, sticker_label=stop_label(data.classes))
         real = split_perturbations(bank, "train")
-        # Algorithm 1 walks in the cone of DeepFool-based UAPs, as the paper's P: sPGD's perturbations sit on
-        # the corners of the L-inf ball (+-xi everywhere), so no positive combination of two distinct ones
-        # reaches line 8's l2 threshold (their own l2 norm, the largest in the ball)
+        # Algorithm 1 walks in the cone of DeepFool-based UAPs, as the paper's P: sPGD's perturbations are
+        # largely saturated (49-76% of pixels at +-xi in runs/prn/synthetic's bank), so positive combinations of
+        # two distinct ones, clipped back into the L-inf ball, fall short of line 8's l2 threshold
         base = split_perturbations(bank, "train", kind="uap")
         synth = (akhtar_synthetic(c.synthetic, base, norm="linf", xi=c.bank_xi, seed=0) if c.synthetic and len(base)
                  else real[:0])
