@@ -90,3 +90,12 @@ def test_sidecar_recipe_of_the_flat_defense_config_still_loads():
     assert r.defense == {"kind": "tv", "alpha": 1e-4}
     with pytest.raises(ConfigError, match="unknown field"):
         Recipe.from_dict({"name": "new", "defense": legacy})
+
+
+def test_roi_jitter_is_checked_and_only_for_synthetic_data(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.roi_jitter: expected a number in \[0\.0, 0\.5\]"):
+        load_recipe(_recipe_file(tmp_path, base=SECTIONS.replace("{kind: synthetic}",
+                                                                 "{kind: synthetic, roi_jitter: 0.7}")))
+    with pytest.raises(ConfigError, match=r"roi_jitter: only the synthetic renderer knows tight boxes"):
+        load_recipe(_recipe_file(tmp_path, base=SECTIONS.replace("{kind: synthetic}",
+                                                                 "{kind: npz, path: x.npz, roi_jitter: 0.1}")))

@@ -274,3 +274,39 @@ def test_recipe_trains_exports_and_evaluates_end_to_end(tmp_path: Path, capsys: 
     assert main(["localizer", "eval", "--bundle", str(tmp_path / "b"), "--precision", "int8", "--data",
                  str(val / "annotations.json")]) == 0
     assert "8 frames" in capsys.readouterr().out
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after its first epoch and resumed ends with the weights of an uninterrupted run; a folder
+    that holds a run is refused without --resume / --overwrite; a finished run resumes to its metrics."""
+    from train.localizer import train as lt
+    from train.localizer.config import load_localizer_recipe
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "localizer.yaml"
+    small = {"data.train": 12, "data.val": 4, "data.cache": str(tmp_path / "data"), "optim.epochs": 2,
+             "optim.batch_size": 4, "model.input_size": 64, "optim.crop": 48, "optim.warmup_steps": 1}
+    recipe = load_localizer_recipe(cfg, small)
+    lt.train_localizer(recipe, tmp_path / "whole", progress=False)
+    real_save = lt.save_train_state
+
+    def killed_after_first_epoch(run_dir, model, opt, epoch, extra):
+        real_save(run_dir, model, opt, epoch, extra)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lt, "save_train_state", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        lt.train_localizer(recipe, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(lt, "save_train_state", real_save)
+    with pytest.raises(SignguardError, match="already holds a training run"):
+        lt.train_localizer(recipe, tmp_path / "cut", progress=False)
+    with pytest.raises(SignguardError, match="started with another recipe"):
+        lt.train_localizer(load_localizer_recipe(cfg, {**small, "optim.lr": 0.1}), tmp_path / "cut", progress=False,
+                           resume=True)
+    metrics = lt.train_localizer(recipe, tmp_path / "cut", progress=False, resume=True)
+    a, _ = lt.load_localizer(tmp_path / "whole")
+    b, _ = lt.load_localizer(tmp_path / "cut")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    again = lt.train_localizer(recipe, tmp_path / "cut", progress=False, resume=True)
+    assert json.dumps(again, sort_keys=True) == json.dumps(metrics, sort_keys=True)  # NaN-safe equality

@@ -297,3 +297,18 @@ def test_speed_is_reported() -> None:
     for i in range(n):
         render_sign(i % N_CLASSES, rng)
     print("\nrender_sign: %.2f ms/sample" % ((time.perf_counter() - t) / n * 1e3))
+
+
+def test_jitter_box_moves_and_scales_within_its_amount() -> None:
+    """The localizer-like crop boxes of configs/baseline_roi.yaml: off by at most ``amount`` of each side,
+    really off (not a no-op), and reproducible from the sample's generator."""
+    from train.data.datasets import jitter_box
+
+    box = (40.0, 30.0, 20.0, 24.0)
+    out = np.array([jitter_box(box, np.random.default_rng(i), 0.15) for i in range(400)])
+    cx, cy = out[:, 0] + out[:, 2] / 2, out[:, 1] + out[:, 3] / 2
+    assert np.all(np.abs(cx - 50.0) <= 0.15 * 20 + 1e-9) and np.all(np.abs(cy - 42.0) <= 0.15 * 24 + 1e-9)
+    assert np.all((out[:, 2] >= 17.0 - 1e-9) & (out[:, 2] <= 23.0 + 1e-9))
+    assert np.all((out[:, 3] >= 20.4 - 1e-9) & (out[:, 3] <= 27.6 + 1e-9))
+    assert np.abs(cy - 42.0).max() > 0.1 * 24 and np.abs(out[:, 3] / 24 - 1).max() > 0.1
+    assert jitter_box(box, np.random.default_rng(3), 0.15) == jitter_box(box, np.random.default_rng(3), 0.15)

@@ -33,12 +33,16 @@ class DataConfig:
     val_fraction: float = 0.1
     seed: int = 0
     augment: bool = True  # light geometric/photometric jitter on real data
+    roi_jitter: float = 0.0  # synthetic train split only: crop boxes off by up to this fraction (datasets.jitter_box)
 
     def __post_init__(self) -> None:
         check_choice(self.kind, DATA_KINDS, "kind")
         if self.kind != "synthetic" and not self.path:
             raise ConfigError(f"path: required for data kind {self.kind!r}")
         check_range(self.val_fraction, "val_fraction", lo=0.0, hi=0.5, lo_open=True, hi_open=True)
+        check_range(self.roi_jitter, "roi_jitter", lo=0.0, hi=0.5)
+        if self.roi_jitter and self.kind != "synthetic":
+            raise ConfigError(f"roi_jitter: only the synthetic renderer knows tight boxes (data kind {self.kind!r})")
         for name in ("train_per_class", "test_per_class"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")

@@ -117,7 +117,24 @@ def _run_files(run_dir: Path) -> list[str]:
     return [n for n in names if (run_dir / n).exists()]
 
 
-def _trim_log(path: Path, last_epoch: int) -> None:
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """The one rule of every trainer's output folder: a folder holding a run is refused unless the caller
+    resumes it or overwrites it (never both)."""
+    if resume and overwrite:
+        raise SignguardError("--resume and --overwrite exclude each other: continue the run or start it again")
+    found = _run_files(run_dir)
+    if found and not (resume or overwrite):
+        raise SignguardError(f"{run_dir}: already holds a training run ({', '.join(found)}); pass --resume to "
+                             "continue it or --overwrite to replace it")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete a previous run's files (``--overwrite``); other files in the folder are kept."""
+    for name in _run_files(run_dir):
+        (run_dir / name).unlink()
+
+
+def trim_log(path: Path, last_epoch: int) -> None:
     """Keep the complete records of epochs up to ``last_epoch`` (the state a resume starts from): a kill
     between an epoch's log line and its training state would otherwise log that epoch twice."""
     if not path.is_file():
@@ -165,12 +182,7 @@ def train(
     """
     run_dir = Path(run_dir)
     o = recipe.optim
-    if resume and overwrite:
-        raise SignguardError("--resume and --overwrite exclude each other: continue the run or start it again")
-    found = _run_files(run_dir)
-    if found and not (resume or overwrite):
-        raise SignguardError(f"{run_dir}: already holds a training run ({', '.join(found)}); pass --resume to "
-                             "continue it or --overwrite to replace it")
+    check_run_dir(run_dir, resume, overwrite)
     if resume:
         done = _finished_metrics(run_dir, o.epochs)
         if done is not None:
@@ -191,8 +203,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, progres
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            for name in _run_files(run_dir):
-                (run_dir / name).unlink()
+            clear_run_dir(run_dir)
     if o.num_threads:
         torch.set_num_threads(o.num_threads)
     torch.manual_seed(o.seed)
@@ -229,7 +240,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, progres
     elif resume:
         log.warning("--resume: no training state in %s, starting from scratch", run_dir)
     if resume and world.is_main:
-        _trim_log(run_dir / "log.jsonl", start - 1)
+        trim_log(run_dir / "log.jsonl", start - 1)
     if world.is_main:
         atomic_write_text(run_dir / "recipe.json", json.dumps(recipe.to_dict(), indent=2))
 

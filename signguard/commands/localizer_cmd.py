@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--config", required=True, help="localizer recipe YAML (configs/localizer.yaml)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tr.add_argument("--run-dir", help="output folder (default runs/<recipe name>)")
+    again = tr.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the last completed epoch in --run-dir")
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete the run already in --run-dir and train from scratch")
     tr.add_argument("--quiet", action="store_true")
     ex = sub.add_parser("export", help="localizer checkpoint -> bundle (ONNX FP32/FP16/INT8 + manifest)")
     ex.add_argument("--checkpoint", required=True, help="run folder or model.json of a localizer")
@@ -74,7 +78,8 @@ def _train(args: argparse.Namespace) -> int:
 
     recipe = load_localizer_recipe(args.config, parse_overrides(args.overrides))
     run_dir = Path(args.run_dir or Path("runs") / recipe.name)
-    metrics = train_localizer(recipe, run_dir, progress=not args.quiet)
+    metrics = train_localizer(recipe, run_dir, progress=not args.quiet, resume=args.resume,
+                              overwrite=args.overwrite)
     val = metrics["val"]
     print(json.dumps({"run_dir": str(run_dir), "threshold": val["threshold"], "fp_per_frame": val["fp_per_frame"],
                       "bins": val["bins"]}, indent=2))

@@ -63,13 +63,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SIGNGUARD_CACHE", Path.home() / ".cache" / "signguard"))
 
 
-def _render_one(args: tuple[int, int, int, int, dict]) -> np.ndarray:
+def jitter_box(box: tuple[float, float, float, float], rng: np.random.Generator, amount: float
+               ) -> tuple[float, float, float, float]:
+    """A localizer-like box for a tight sign box: centre moved by up to ``amount`` of each side, each side
+    scaled by a factor in [1 - amount, 1 + amount] (uniform, independent per axis).
+
+    Why: a classifier trained only on tight boxes reads a sign wrongly when its box is off by a tenth of
+    its side (measured on the synthetic baseline: 97.7% -> 43% accuracy for a downward shift of 0.1 h), and
+    a localizer's boxes are off by that much on small signs (reports/localizer)."""
+    x, y, w, h = box
+    dx, dy, sx, sy = rng.uniform(-amount, amount, 4)
+    nw, nh = w * (1.0 + sx), h * (1.0 + sy)
+    cx, cy = x + w / 2.0 + dx * w, y + h / 2.0 + dy * h
+    return (cx - nw / 2.0, cy - nh / 2.0, nw, nh)
+
+
+def _render_one(args: tuple[int, int, int, int, dict, float]) -> np.ndarray:
     from .render import render_sign
 
-    seed, split_code, class_id, i, pp = args
+    seed, split_code, class_id, i, pp, roi_jitter = args
     rng = np.random.default_rng([seed, split_code, class_id, i])
     s = render_sign(class_id, rng)
-    x = preprocess(s.image, s.box, PreprocessConfig(**pp).with_color_order("BGR"))
+    box = jitter_box(s.box, rng, roi_jitter) if roi_jitter else s.box
+    x = preprocess(s.image, box, PreprocessConfig(**pp).with_color_order("BGR"))
     return np.round(x * 255.0).astype(np.uint8)
 
 
@@ -81,17 +97,21 @@ def render_split(
     cache_dir: Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    roi_jitter: float = 0.0,
 ) -> Split:
-    """Render ``per_class`` samples of each LISA-18 class for a split, with an on-disk cache."""
+    """Render ``per_class`` samples of each LISA-18 class for a split, with an on-disk cache; ``roi_jitter``
+    > 0 crops each sign from a :func:`jitter_box` instead of its tight box."""
     from ..progress import progress as bar
 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = hashlib.sha256(repr((RENDER_CACHE_VERSION, split, per_class, seed, sorted(cfg.to_dict().items()))).encode())
+    key = hashlib.sha256(repr((RENDER_CACHE_VERSION, split, per_class, seed, sorted(cfg.to_dict().items()))
+                              + ((float(roi_jitter),) if roi_jitter else ())).encode())
     cache = cache_dir / f"synthetic-{split}-{key.hexdigest()[:16]}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             return Split(z["x"].astype(np.float32) * _SCALE, z["y"].astype(np.int64))
-    jobs = [(seed, SPLIT_CODES[split], c, i, cfg.to_dict()) for c in range(len(LISA_CLASSES)) for i in range(per_class)]
+    jobs = [(seed, SPLIT_CODES[split], c, i, cfg.to_dict(), float(roi_jitter))
+            for c in range(len(LISA_CLASSES)) for i in range(per_class)]
     workers = workers or min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2, 8)
     desc = f"render {split} ({len(jobs)} signs)"
     if workers > 1:
@@ -131,7 +151,8 @@ def load_checkpoint_data(meta: dict, progress: bool = True) -> DataBundle:
 def load_data(data_cfg, cfg: PreprocessConfig, progress: bool = True, cache_dir: Path | None = None) -> DataBundle:
     """Train/val/test splits for a recipe's ``data`` section (see :class:`train.config.DataConfig`)."""
     if data_cfg.kind == "synthetic":
-        train = render_split("train", data_cfg.train_per_class, data_cfg.seed, cfg, cache_dir, progress=progress)
+        train = render_split("train", data_cfg.train_per_class, data_cfg.seed, cfg, cache_dir, progress=progress,
+                             roi_jitter=data_cfg.roi_jitter)
         n_val = max(1, int(round(data_cfg.train_per_class * data_cfg.val_fraction)))
         val = render_split("val", n_val, data_cfg.seed, cfg, cache_dir, progress=progress)
         test = render_split("test", data_cfg.test_per_class, data_cfg.seed, cfg, cache_dir, progress=progress)

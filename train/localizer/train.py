@@ -27,9 +27,17 @@ from edge.errors import SignguardError
 from edge.fileio import atomic_write_text
 from edge.localizer import DecodeConfig, decode
 from edge.preprocess import PreprocessConfig
-from train.checkpoint import _read_tensors, read_sidecar, save_checkpoint
+from train.checkpoint import (
+    _read_tensors,
+    load_train_state,
+    read_sidecar,
+    read_train_state,
+    save_checkpoint,
+    save_train_state,
+)
 from train.data.detection import DetectionSet, load_coco, load_detection_set
 from train.data.scenes import write_scenes
+from train.trainer import check_run_dir, clear_run_dir, trim_log
 
 from .config import LocalizerRecipe
 from .data import InputSet, batches, load_inputs
@@ -152,10 +160,38 @@ def _lr(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def train_localizer(recipe: LocalizerRecipe, run_dir: Path, progress: bool = True) -> Dict[str, Any]:
-    """Train, choose the operating threshold on validation frames, write the checkpoint; returns metrics."""
+def _finished(run_dir: Path, epochs: int) -> Dict[str, Any] | None:
+    """The recorded metrics of a run in ``run_dir`` that trained every epoch and wrote its checkpoint, or None."""
+    try:
+        state = read_train_state(run_dir)
+        _, meta = read_sidecar(run_dir / "model.json")
+    except SignguardError:
+        return None
+    return meta.get("metrics") if state["epoch"] + 1 >= epochs else None
+
+
+def train_localizer(recipe: LocalizerRecipe, run_dir: Path, progress: bool = True, resume: bool = False,
+                    overwrite: bool = False) -> Dict[str, Any]:
+    """Train, choose the operating threshold on validation frames, write the checkpoint; returns metrics.
+
+    The training state is saved after every epoch, so ``resume`` continues an interrupted run from its last
+    completed epoch (the same batches as an uninterrupted run: they come from (seed, epoch)); a folder that
+    already holds a run is refused unless ``resume`` or ``overwrite``, as for ``signguard train``.
+    """
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume, overwrite)
+    recipe_path = run_dir / "recipe.json"
+    if resume:
+        done = _finished(run_dir, recipe.optim.epochs)
+        if done is not None:
+            log.info("%s: already finished; returning its recorded metrics", run_dir)
+            return done
+        if recipe_path.is_file() and json.loads(recipe_path.read_text(encoding="utf-8")) != recipe.to_dict():
+            raise SignguardError("%s: the run was started with another recipe; resume it with that one "
+                                 "(--config %s)" % (run_dir, recipe_path))
     run_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_run_dir(run_dir)
     torch.manual_seed(recipe.optim.seed)
     train_ds, val_ds = prepare_data(recipe, progress)
     s = recipe.model.input_size
@@ -172,11 +208,23 @@ def train_localizer(recipe: LocalizerRecipe, run_dir: Path, progress: bool = Tru
     steps_per_epoch = len(train_x) // bs
     total = steps_per_epoch * o.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    step = 0
+    start, step, prior_s = 0, 0, 0.0
     log_path = run_dir / "log.jsonl"
-    log_path.write_text("")
-    t0 = time.time()
-    for epoch in range(o.epochs):
+    if resume and (run_dir / "train_state.json").is_file():
+        st, weights = load_train_state(run_dir, opt)
+        if weights is None:
+            raise SignguardError("%s: the training state holds no weights; start again with --overwrite" % run_dir)
+        model.load_state_dict(weights)
+        start, step, prior_s = st["epoch"] + 1, int(st["step"]), float(st["train_time_s"])
+        trim_log(log_path, start)  # this log counts epochs from 1
+        log.info("resuming %s at epoch %d", run_dir, start + 1)
+    else:
+        if resume:
+            log.warning("--resume: no training state in %s, starting from scratch", run_dir)
+        atomic_write_text(log_path, "")
+    atomic_write_text(recipe_path, json.dumps(recipe.to_dict(), indent=2))
+    t0 = time.time() - prior_s
+    for epoch in range(start, o.epochs):
         model.train()
         rng = np.random.default_rng([o.seed, epoch])
         sums: Dict[str, float] = {"loss": 0.0, "heat": 0.0, "reg": 0.0}
@@ -199,6 +247,7 @@ def train_localizer(recipe: LocalizerRecipe, run_dir: Path, progress: bool = Tru
                "val_fp_per_frame": round(val["fp_per_frame"], 4)}
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        save_train_state(run_dir, model, opt, epoch, {"step": step, "train_time_s": round(time.time() - t0, 1)})
         if progress:
             print(json.dumps(row), flush=True)
 
