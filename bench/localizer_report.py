@@ -29,7 +29,7 @@ import numpy as np
 from edge.fileio import atomic_write_json, atomic_write_text
 from edge.localizer import Localizer, decode
 from edge.preprocess import preprocess
-from train.data.detection import load_coco
+from train.data.detection import DetectionSet, load_coco
 from train.data.scenes import SceneConfig, write_scenes
 from train.localizer.classical import classical_proposals
 from train.localizer.metrics import evaluate, sweep_thresholds
@@ -96,8 +96,41 @@ def classical_latency(frames: List[np.ndarray], runs: int) -> Dict[str, float]:
     return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "runs": runs}
 
 
-def driveby(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
-    """The demo's drive-by through the edge loop: CSV ROIs vs --roi detect at every N."""
+# Crop boxes a localizer produces instead of the tight one: (name, box -> box), offsets in fractions of the side.
+ROI_ERRORS = [
+    ("tight", lambda x, y, w, h: (x, y, w, h)),
+    ("down 0.1 h", lambda x, y, w, h: (x, y + 0.1 * h, w, h)),
+    ("right 0.1 w", lambda x, y, w, h: (x + 0.1 * w, y, w, h)),
+    ("taller 1.15 (bottom edge down)", lambda x, y, w, h: (x, y, w, 1.15 * h)),
+    ("larger 1.1", lambda x, y, w, h: (x - 0.05 * w, y - 0.05 * h, 1.1 * w, 1.1 * h)),
+    ("smaller 0.9", lambda x, y, w, h: (x + 0.05 * w, y + 0.05 * h, 0.9 * w, 0.9 * h)),
+]
+
+
+def roi_sensitivity(classifier: str, n: int = 900) -> Dict[str, float]:
+    """Accuracy of ``classifier`` on ``n`` rendered signs (seeded, never trained on) cropped from the tight box
+    and from boxes off the way a localizer's are: how much box error the classifier tolerates."""
+    import torch
+
+    from edge.preprocess import PreprocessConfig
+    from train.checkpoint import load_checkpoint
+    from train.data.render import render_sign
+
+    model, meta = load_checkpoint(classifier)
+    pp = PreprocessConfig.from_dict(meta["preprocess"]).with_color_order("BGR")
+    rng = np.random.default_rng(20261130)
+    signs = [render_sign(int(c), rng) for c in rng.integers(0, len(meta["classes"]), n)]
+    y = np.array([s.label for s in signs])
+    out = {}
+    with torch.no_grad():
+        for name, move in ROI_ERRORS:
+            x = np.stack([preprocess(s.image, move(*s.box), pp) for s in signs])
+            out[name] = float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+    return out
+
+
+def driveby(args: argparse.Namespace, work: Path, classifier: str) -> Dict[str, Any]:
+    """The demo's drive-by through the edge loop with ``classifier``: CSV ROIs vs --roi detect at every N."""
     from edge.bundle import load_bundle
     from edge.detect_roi import DetectRoi
     from edge.framelog import read_log
@@ -112,9 +145,9 @@ def driveby(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     from train.data.render import RenderConfig, render_sign
 
     drive = render_driveby(work / "video", class_id=STOP, n_frames=90, seed=7, name="stop_driveby")
-    cdir = work / "classifier"
+    cdir = work / ("classifier_" + Path(classifier).name)
     if not (cdir / "manifest.json").is_file():
-        model, meta = load_checkpoint(args.classifier)
+        model, meta = load_checkpoint(classifier)
         pp = PreprocessConfig.from_dict(meta["preprocess"])
         rng = np.random.default_rng(0)
         x = np.stack([preprocess(s.image, s.box, pp) for s in (render_sign(int(c), rng, RenderConfig())
@@ -123,12 +156,13 @@ def driveby(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     clf = load_bundle(cdir)
     gt = CsvRoi(drive.boxes_csv)
     first24 = min(f for f, r in gt.rows.items() if r.box[2] >= 24)
-    logs = work / "logs"
+    logs = work / ("logs_" + Path(classifier).name)
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     with open_source(str(drive.video_path)) as src:
         s_csv = run_loop(clf, src, gt, log_path=str(logs / "csv.jsonl"))
-    out: Dict[str, Any] = {"video": str(drive.video_path), "gt_frames": len(gt.rows), "first_frame_24px": first24,
+    out: Dict[str, Any] = {"classifier": classifier, "video": str(drive.video_path), "gt_frames": len(gt.rows),
+                           "first_frame_24px": first24,
                            "csv_accuracy": s_csv.accuracy, "csv_classified": s_csv.classified, "detect": []}
     for every in args.every:
         for precision in ("fp32", "int8"):
@@ -136,7 +170,7 @@ def driveby(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
             path = logs / ("detect_%s_every%d.jsonl" % (precision, every))
             t0 = time.perf_counter()
             with open_source(str(drive.video_path)) as src:
-                s = run_loop(clf, src, roi, log_path=str(path), out_video=str(work / ("annotated_%s_every%d.mp4" % (
+                s = run_loop(clf, src, roi, log_path=str(path), out_video=str(logs / ("annotated_%s_every%d.mp4" % (
                     precision, every))) if every == 1 else None)
             wall = time.perf_counter() - t0
             out["detect"].append(drive_row(read_log(path), gt, first24, every, precision, s, wall))
@@ -156,6 +190,7 @@ def drive_row(records: List[dict], gt, first24: int, every: int, precision: str,
     loc_ms = [r["latency_ms"].get("localize", 0.0) for r in records if "latency_ms" in r and r.get("frame") is not None]
     return {"precision": precision, "every": every, "end_to_end_accuracy": len(right) / len(gt.rows),
             "accuracy_on_detections": summary.accuracy, "frames_with_sign_detected": len({r["frame"] for r in matched}),
+            "frames_found_by_localizer": len({r["frame"] for r in matched if r.get("detected")}),
             "first_detection_frame": first, "frames_after_24px": None if first is None else first - first24,
             "mean_iou": float(np.mean(ious)) if ious else None, "sign_tracks": len(tracks),
             "false_detections": len(dets) - len(matched),
@@ -165,10 +200,13 @@ def drive_row(records: List[dict], gt, first24: int, every: int, precision: str,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default="bundles/localizer", type=Path)
-    p.add_argument("--classifier", default="runs/sweep/synthetic/baseline")
+    p.add_argument("--classifier", nargs="+", default=["runs/sweep/synthetic/baseline_roi",
+                                                       "runs/sweep/synthetic/baseline"],
+                   help="classifier checkpoints for the drive-by; the first is the one the targets are judged with")
     p.add_argument("--out", default="reports/localizer", type=Path)
     p.add_argument("--work", default="runs/localizer_report", type=Path)
-    p.add_argument("--n-test", type=int, default=400)
+    p.add_argument("--n-test", type=int, default=400, help="mixed scenes per test seed")
+    p.add_argument("--test-seeds", type=int, nargs="+", default=[1000, 3000])
     p.add_argument("--n-empty", type=int, default=300)
     p.add_argument("--every", type=int, nargs="+", default=[1, 2, 3, 5])
     p.add_argument("--latency-runs", type=int, default=300)
@@ -180,10 +218,23 @@ def main() -> None:
         atomic_write_text(args.out / "README.md", markdown(results, args))
         return
     t0 = time.time()
-    test = scene_set(args.work / "test", args.n_test, 1000, SceneConfig())
+    parts = [scene_set(args.work / ("test" if seed == 1000 else "test_%d" % seed), args.n_test, seed, SceneConfig())
+             for seed in args.test_seeds]
+    test = parts[0]
+    for more in parts[1:]:
+        test = DetectionSet(test.paths + more.paths, test.boxes + more.boxes, test.labels + more.labels,
+                            "%s + %s" % (test.source, more.source))
     empty = scene_set(args.work / "empty", args.n_empty, 2000, SceneConfig(p_empty=1.0))
     results: Dict[str, Any] = {"n_test": len(test), "n_test_signs": test.n_boxes, "n_empty": len(empty),
                                "detectors": {}}
+    # latency first, while this process runs no other onnxruntime session: an idle session's thread pool still
+    # spins after its runs and, on 2 cores, took a third of the measured time (10.2 ms p50 against 6.3 ms)
+    frames = [test.image(i) for i in range(min(50, len(test)))]
+    results["load_before_latency"] = os.getloadavg()
+    results["latency"] = {"%s_%dthread" % (prec, th): latency(args.bundle, prec, frames, th, args.latency_runs)
+                          for prec in ("fp32", "int8") for th in (1, 2)}
+    results["latency"]["classical"] = classical_latency(frames, args.latency_runs // 3)
+    results["load_after_latency"] = os.getloadavg()
     grid = np.round(np.arange(0.3, 0.76, 0.05), 2)
     for precision in ("fp32", "int8"):
         loc = Localizer(args.bundle, precision=precision)
@@ -191,6 +242,12 @@ def main() -> None:
         f = localizer_fn(loc, 0.05)
         dets, dets_empty = run_detector(f, test), run_detector(f, empty)
         r = evaluate(dets, test.boxes, thr)
+        r["by_seed"] = {}
+        for k, seed in enumerate(args.test_seeds):  # each seed's set alone: how much the pooled numbers move
+            part = slice(k * args.n_test, (k + 1) * args.n_test)
+            v = evaluate(dets[part], test.boxes[part], thr)
+            r["by_seed"][str(seed)] = {"recall_ge24": v["bins"][">=24"]["recall"], "n_ge24": v["bins"][">=24"]["n_gt"],
+                                       "fp_per_frame": v["fp_per_frame"]}
         r["empty_fp_per_frame"] = evaluate(dets_empty, empty.boxes, thr)["fp_per_frame"]
         r["sweep"] = [dict(a, empty_fp_per_frame=b["fp_per_frame"]) for a, b in zip(
             sweep_thresholds(dets, test.boxes, grid), sweep_thresholds(dets_empty, empty.boxes, grid))]
@@ -198,13 +255,8 @@ def main() -> None:
     r = evaluate(run_detector(classical_proposals, test), test.boxes, 0.0)
     r["empty_fp_per_frame"] = evaluate(run_detector(classical_proposals, empty), empty.boxes, 0.0)["fp_per_frame"]
     results["detectors"]["classical"] = r
-    frames = [test.image(i) for i in range(min(50, len(test)))]
-    results["load_before_latency"] = os.getloadavg()
-    results["latency"] = {"%s_%dthread" % (prec, th): latency(args.bundle, prec, frames, th, args.latency_runs)
-                          for prec in ("fp32", "int8") for th in (1, 2)}
-    results["latency"]["classical"] = classical_latency(frames, args.latency_runs // 3)
-    results["load_after_latency"] = os.getloadavg()
-    results["driveby"] = driveby(args, args.work)
+    results["driveby"] = [driveby(args, args.work, c) for c in args.classifier]
+    results["roi_sensitivity"] = {c: roi_sensitivity(c) for c in args.classifier}
     results["machine"] = "%s, %d CPUs, %s" % (platform.processor() or platform.machine(), os.cpu_count() or 0,
                                              platform.platform())
     results["manifest"] = json.loads((args.bundle / "manifest.json").read_text())["extra"]
@@ -245,12 +297,12 @@ def plots(results: Dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "size_bins.png", dpi=110)
     plt.close(fig)
-    rows = [r for r in results["driveby"]["detect"] if r["precision"] == "int8"]
+    rows = [r for r in results["driveby"][0]["detect"] if r["precision"] == "int8"]
     if rows:
         fig, ax = plt.subplots(figsize=(5, 3.4))
         ev = [r["every"] for r in rows]
         ax.plot(ev, [100 * r["end_to_end_accuracy"] for r in rows], "o-", label="accuracy over sign frames (%)")
-        ax.axhline(100 * results["driveby"]["csv_accuracy"], color="k", ls="--", lw=0.8, label="CSV ROIs")
+        ax.axhline(100 * results["driveby"][0]["csv_accuracy"], color="k", ls="--", lw=0.8, label="CSV ROIs")
         ax.set_xlabel("localizer every N frames")
         ax2 = ax.twinx()
         ax2.plot(ev, [r["localize_ms_mean"] for r in rows], "s-", color="tab:red", label="localize ms / frame")
@@ -271,11 +323,13 @@ def _f(v: Any, pct: bool = False, nd: int = 2) -> str:
 def markdown(results: Dict[str, Any], args: argparse.Namespace) -> str:
     d = results["detectors"]
     lines = ["Regenerate: `python bench/localizer_report.py --bundle %s --classifier %s` (%.0f s; %s)."
-             % (args.bundle, args.classifier, results["time_s"], results["machine"]), "",
-             "Held-out rendered scenes: %d mixed frames (%d signs, seed 1000) and %d sign-free frames (seed 2000). "
+             % (args.bundle, " ".join(args.classifier), results["time_s"], results["machine"]), "",
+             "Held-out rendered scenes: %d mixed frames (%d signs; %d per seed, seeds %s) and %d sign-free frames "
+             "(seed 2000). "
              "IoU 0.5; a sign's size is its box width in 640x360 frame pixels; recall, precision and FP/frame at each "
              "detector's operating threshold (localizer: %.2f, chosen on validation scenes; classical: every "
-             "proposal)." % (results["n_test"], results["n_test_signs"], results["n_empty"],
+             "proposal)." % (results["n_test"], results["n_test_signs"], args.n_test,
+                             ", ".join(str(v) for v in args.test_seeds), results["n_empty"],
                              d["localizer_fp32"]["threshold"]), "",
              "| detector | " + " | ".join("AP@0.5 %s" % b for b in BIN_ORDER) + " |",
              "|---|" + "---|" * len(BIN_ORDER)]
@@ -286,6 +340,14 @@ def markdown(results: Dict[str, Any], args: argparse.Namespace) -> str:
     for name, r in d.items():
         lines.append("| %s | " % name + " | ".join(_f(r["bins"][b]["recall"], True) for b in BIN_ORDER)
                      + " | %s | %s |" % (_f(r["fp_per_frame"], nd=3), _f(r["empty_fp_per_frame"], nd=3)))
+    lines += ["", "Each test seed's set alone, at the operating threshold:", "",
+              "| detector | " + " | ".join("seed %s: recall >= 24 px (signs), FP/frame" % k
+                                          for k in d["localizer_int8"]["by_seed"]) + " |",
+              "|---|" + "---|" * len(d["localizer_int8"]["by_seed"])]
+    for name in ("localizer_fp32", "localizer_int8"):
+        lines.append("| %s | " % name + " | ".join("%s (%d), %.3f" % (_f(v["recall_ge24"], True), v["n_ge24"],
+                                                                      v["fp_per_frame"])
+                                                 for v in d[name]["by_seed"].values()) + " |")
     lines += ["", "Operating points of the INT8 localizer on the same test frames (recall of signs >= 24 px wide):", "",
               "| threshold | " + " | ".join("%.2f" % r["threshold"] for r in d["localizer_int8"]["sweep"]) + " |",
               "|---|" + "---|" * len(d["localizer_int8"]["sweep"])]
@@ -306,18 +368,24 @@ def markdown(results: Dict[str, Any], args: argparse.Namespace) -> str:
                                                                 v["cpu_p50_ms"]))
     lines.append("| classical (OpenCV) | 1 | %.2f | %.2f | - | - |" % (lat["classical"]["p50_ms"],
                                                                       lat["classical"]["p99_ms"]))
-    dv = results["driveby"]
-    lines += ["", "Drive-by (the demo's stop-sign video, seed 7, 90 frames, %d with the sign; it is 24 px wide from "
-              "frame %d): classifier `%s` through the edge loop. CSV ROIs: accuracy %s. `--roi detect`:"
-              % (dv["gt_frames"], dv["first_frame_24px"], args.classifier, _f(dv["csv_accuracy"], True)), "",
-              "| localizer | every N | accuracy over sign frames | accuracy on detected signs | sign frames detected "
-              "| first detection - frame of 24 px | mean IoU | sign tracks | false detections | localize ms/frame "
-              "| loop FPS |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in dv["detect"]:
-        lines.append("| %s | %d | %s | %s | %d | %s | %s | %d | %d | %s | %.1f |" % (
-            r["precision"], r["every"], _f(r["end_to_end_accuracy"], True), _f(r["accuracy_on_detections"], True),
-            r["frames_with_sign_detected"], r["frames_after_24px"], _f(r["mean_iou"]), r["sign_tracks"],
-            r["false_detections"], _f(r["localize_ms_mean"]), r["fps"]))
+    for dv in results["driveby"]:
+        lines += ["", "Drive-by (the demo's stop-sign video, seed 7, 90 frames, %d with the sign; it is 24 px wide "
+                  "from frame %d): classifier `%s` through the edge loop. CSV ROIs: accuracy %s. `--roi detect`:"
+                  % (dv["gt_frames"], dv["first_frame_24px"], dv["classifier"], _f(dv["csv_accuracy"], True)), "",
+                  "| localizer | every N | accuracy over sign frames | accuracy on tracked signs | sign frames "
+                  "with a box (found by the localizer) | first detection - frame of 24 px | mean IoU | sign tracks "
+                  "| false detections | localize ms/frame | loop FPS |", "|---" * 11 + "|"]
+        for r in dv["detect"]:
+            lines.append("| %s | %d | %s | %s | %d (%d) | %s | %s | %d | %d | %s | %.1f |" % (
+                r["precision"], r["every"], _f(r["end_to_end_accuracy"], True), _f(r["accuracy_on_detections"], True),
+                r["frames_with_sign_detected"], r["frames_found_by_localizer"], r["frames_after_24px"],
+                _f(r["mean_iou"]), r["sign_tracks"], r["false_detections"], _f(r["localize_ms_mean"]), r["fps"]))
+    sens = results["roi_sensitivity"]
+    lines += ["", "Classifier accuracy on 900 held-out rendered signs (seed 20261130) cropped from the tight box and "
+              "from boxes off the way a localizer's are:", "",
+              "| classifier | " + " | ".join(name for name, _ in ROI_ERRORS) + " |", "|---|" + "---|" * len(ROI_ERRORS)]
+    for c, v in sens.items():
+        lines.append("| `%s` | " % c + " | ".join(_f(v[name], True) for name, _ in ROI_ERRORS) + " |")
     lines += ["", "![size bins](size_bins.png) ![every N](every_n.png)", ""]
     return "\n".join(targets(results) + DESIGN + lines)
 
@@ -326,11 +394,14 @@ DESIGN = [
     "## What runs", "",
     "- **Detector**: CenterNet-style (Zhou et al. 2019) heatmap + centre offset + log size at stride 8, TTFNet's "
     "Gaussian-weighted regression targets; a branch-free conv backbone (16-32-48 channels, dilated 3x3 convs at "
-    "stride 8 for a receptive field that covers a 250 px sign), 133 k parameters, trained from scratch: 10 epochs on "
-    "2000 rendered scenes, then 4 epochs on those plus every 3rd frame of 24 rendered drive-by videos (seeds "
-    "100-123; the demo's seed 7 is never trained on) -- the two commands are in `configs/localizer.yaml`. The "
-    "operating threshold is the lowest whose false positives per validation frame stay <= 0.1. Input: the "
-    "640x360 frame squashed to 256x256 (a reduced resolution, for the latency budget) by THE device "
+    "stride 8 for a receptive field that covers a 250 px sign), 133 k parameters, trained from scratch in four "
+    "stages, each starting from the previous one (the commands are in `configs/localizer.yaml`): 10 epochs on 2000 "
+    "rendered scenes; 4 epochs on those plus every 3rd frame of 24 rendered drive-by videos (seeds 100-123; the "
+    "demo's seed 7 is never trained on); 10 epochs on 6000 scenes plus the drive-bys; 12 epochs on 6000 other "
+    "scenes (seed 5) plus the drive-bys. The first two stages alone reached 82% recall for signs >= 24 px: the "
+    "detector was under-trained (1,930 steps), not too small -- most missed signs had a peak just under the "
+    "threshold. The operating threshold is the lowest whose false positives per validation frame stay <= 0.1. "
+    "Input: the 640x360 frame squashed to 256x256 (a reduced resolution, for the latency budget) by THE device "
     "preprocessing (`edge.preprocess.preprocess(frame, None, cfg)`), so a 24 px wide sign is ~10 px wide in the "
     "input. The FPN variant first prototyped left half of its convs unfused in onnxruntime INT8 (a tensor with two "
     "consumers) and was slower in INT8 than in FP32, hence one path.",
@@ -346,33 +417,48 @@ DESIGN = [
     "- **INT8**: onnxruntime `quantize_static`, symmetric Q/DQ, per-channel **7-bit** weights (`reduce_range`): "
     "with 8-bit weights the fused INT8 convs of onnxruntime on this AVX2 CPU (no VNNI) saturated their int16 pair "
     "sums on whole frames and lost half of the FP32 boxes, while the same Q/DQ graph run unfused was right; "
-    "calibrated (entropy) on 512 training frames through the device preprocessing.",
+    "calibrated (entropy) on 512 training frames through the device preprocessing. The output head (the last 1x1 "
+    "conv, its slices, the sigmoid and the concat: 0.1% of the multiply-adds) stays float "
+    "(`export.localizer.head_nodes`): quantized, it shared one scale between heat logits and box regression and "
+    "the heat reached the threshold in steps of ~0.05, so no INT8 threshold kept both >= 95% recall and <= 0.1 "
+    "FP per frame (96.5% at 0.113 FP, then 94.9% at 0.075) while FP32 did.",
     "- **Tracker** (`edge/tracker.py`): greedy IoU / centroid matching against constant-velocity predictions "
-    "(centre and log size); between localizer runs (every N frames) the boxes are the predictions.",
-    "- **Why the drive-by misses its accuracy target** (observed in this run): the sign is found from the first "
-    "frame, in one track, with mean IoU 0.8 against the CSV boxes; but the classifier (`runs/sweep/synthetic/"
-    "baseline`, trained on tight rendered crops) reads `yield` on about a fifth of the frames where the sign is "
-    "21-33 px wide and the detected box sits 2-3 px lower and 5-15 % larger than the CSV box. `signguard "
-    "field-report` on the same log votes the track `stop`. The loop reports per-frame classification as the CSV "
-    "run does; no temporal smoothing was added to make the numbers meet.", "",
+    "(centre and log size); between localizer runs (every N frames) the boxes are the predictions, and a confirmed "
+    "track (matched at least twice) that the localizer misses keeps its predicted box for up to 2 runs, logged "
+    "with `detected: false` (the drive-by table counts the frames the localizer itself found in brackets).",
+    "- **A classifier for detected ROIs**: a classifier trained on tight rendered crops is fragile to box error: "
+    "the synthetic baseline reads 97% of held-out signs from the tight box, 44% when the box is a tenth of its "
+    "height lower (table at the end). A localizer's boxes are off by that much on small signs (median IoU "
+    "about 0.7 with the true box at 10-24 px). `configs/baseline_roi.yaml` is the baseline recipe with "
+    "`data.roi_jitter: 0.15`: each training sign is cropped from a box moved by up to 15% of its side and "
+    "scaled by 0.85-1.15 per axis "
+    "(`train.data.datasets.jitter_box`). It costs 0.4 points on tight crops and holds 91-97% under every box "
+    "error measured; the drive-by target is judged with it. The tight-box baseline's rows are shown beside it: "
+    "with this localizer's boxes it also reads every frame right when the localizer runs on every frame, and "
+    "loses up to 3.3 points when the tracker carries the boxes between runs (every 2-5 frames). With the "
+    "two-stage localizer of the previous version (boxes 2-3 px low on the drive-by) it read 77.8%.",
+    "",
     "## Measurements", "",
 ]
 
 
 def targets(results: Dict[str, Any]) -> List[str]:
     """The issue's "done when" items with the measured values (PASS / MISS)."""
-    d, lat, dv = results["detectors"]["localizer_int8"], results["latency"], results["driveby"]
+    d, lat, dv = results["detectors"]["localizer_int8"], results["latency"], results["driveby"][0]
     rec = d["bins"][">=24"]["recall"]
     one = [r for r in dv["detect"] if r["precision"] == "int8" and r["every"] == 1][0]
     gap = 100 * (dv["csv_accuracy"] - one["end_to_end_accuracy"])
-    rows = [("recall >= 95% for signs >= 24 px (INT8, held-out scenes)", rec >= 0.95, "%.1f%%" % (100 * rec)),
+    rows = [("recall >= 95% for signs >= 24 px (INT8, held-out scenes)", rec >= 0.95, "%.1f%% (%d signs; %s)" % (
+                100 * rec, d["bins"][">=24"]["n_gt"], ", ".join("seed %s: %.1f%%" % (k, 100 * v["recall_ge24"])
+                                                                 for k, v in d["by_seed"].items()))),
             ("<= 0.1 FP per frame, sign-free scenes", d["empty_fp_per_frame"] <= 0.1,
              "%.3f" % d["empty_fp_per_frame"]),
             ("<= 0.1 FP per frame, mixed scenes", d["fp_per_frame"] <= 0.1, "%.3f" % d["fp_per_frame"]),
             ("INT8 p50 <= 10 ms per frame, 1 thread, wall clock", lat["int8_1thread"]["p50_ms"] <= 10,
              "%.2f ms at load average %.1f on 2 shared cores (process CPU time %.2f ms)"
              % (lat["int8_1thread"]["p50_ms"], results["load_before_latency"][0], lat["int8_1thread"]["cpu_p50_ms"])),
-            ("drive-by accuracy with --roi detect within 2 points of CSV ROIs (INT8, every frame)", gap <= 2,
+            ("drive-by accuracy with --roi detect within 2 points of CSV ROIs (INT8, every frame, `%s`)"
+             % dv["classifier"], gap <= 2,
              "%.1f%% vs %.1f%%" % (100 * one["end_to_end_accuracy"], 100 * dv["csv_accuracy"])),
             ("first detection <= 5 frames after the sign is 24 px wide", one["frames_after_24px"] is not None
              and one["frames_after_24px"] <= 5, "first detected at frame %s; 24 px wide from frame %d"

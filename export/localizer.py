@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
@@ -79,6 +79,20 @@ def detection_agreement(ref: np.ndarray, got: np.ndarray, cfg: DecodeConfig, inp
             "reference_boxes": int(n_ref)}
 
 
+def head_nodes(onnx_path: Path) -> List[str]:
+    """Names of the output head: the last Conv (the 1x1 that makes the 5 maps) and every node after it.
+
+    Why they stay float in the INT8 graph: quantized, the head shares one scale between the heat logits and
+    the box regression, and the heat reaches the threshold in steps of ~0.05 -- on held-out scenes a threshold
+    of 0.56 kept 96.5% of the signs >= 24 px and 0.57 kept 94.9%, with nothing in between.  The head is one
+    1x1 conv over a 32x32 map (0.1% of the multiply-adds); the backbone stays INT8."""
+    import onnx
+
+    nodes = list(onnx.load(str(onnx_path)).graph.node)
+    last = max(i for i, n in enumerate(nodes) if n.op_type == "Conv")
+    return [n.name for n in nodes[last:]]
+
+
 def _finite(v: Any) -> Any:
     """``v`` with NaN/inf floats as None: metrics use NaN for "no sample", the manifest is strict JSON."""
     if isinstance(v, dict):
@@ -129,7 +143,7 @@ def export_localizer(model, out_dir: str | Path, input_size: int, decode_cfg: De
             from calib.quantize import quantize_int8
 
             report = quantize_int8(fp32, path, calib_x, method=calib_method, input_range=(0.0, 1.0),
-                                   reduce_range=reduce_range)
+                                   reduce_range=reduce_range, exclude_nodes=head_nodes(fp32))
             cache = path.with_suffix(".trt8.cache")
             trt_calibration_cache(path, cache)
             extra_files.append(cache.name)

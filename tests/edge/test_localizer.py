@@ -188,6 +188,20 @@ def test_detect_roi_every_n_with_ground_truth(red_bundle: Path, tmp_path: Path) 
         DetectRoi(Localizer(red_bundle), every=0)
 
 
+def test_detect_roi_coasts_a_confirmed_track_over_a_missed_detection(red_bundle: Path) -> None:
+    """The localizer misses a sign it found on the frames before: the confirmed track keeps its predicted
+    box (detected False) until the tracker ends it; a track seen once and then lost is not shown."""
+    blank = np.full((360, 640, 3), 128, np.uint8)
+    roi = DetectRoi(Localizer(red_bundle), every=1)
+    seen = [roi.get_all(t, f) for t, f in enumerate([frame_with_red([(3, 2)])] * 3 + [blank] * 4)]
+    assert [len(g) for g in seen] == [1, 1, 1, 1, 1, 0, 0]  # coasted for max_misses = 2 runs, then ended
+    assert [g[0].detected for g in seen[:5]] == [True, True, True, False, False]
+    assert {g[0].track for g in seen[:5]} == {1}
+    assert seen[3][0].roi.box == pytest.approx(seen[2][0].roi.box)  # a still sign: the prediction stays put
+    once = DetectRoi(Localizer(red_bundle), every=1)
+    assert [len(once.get_all(t, f)) for t, f in enumerate([frame_with_red([(3, 2)]), blank])] == [1, 0]
+
+
 def test_run_roi_detect_logs_one_record_per_sign_with_its_track(red_bundle: Path, colour_bundle: Path,
                                                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`signguard run --roi detect`: two red signs walking across a folder of frames, localizer every 2nd frame;
