@@ -69,7 +69,7 @@ def jitter_box(box: tuple[float, float, float, float], rng: np.random.Generator,
     scaled by a factor in [1 - amount, 1 + amount] (uniform, independent per axis).
 
     Why: a classifier trained only on tight boxes reads a sign wrongly when its box is off by a tenth of
-    its side (measured on the synthetic baseline: 97.7% -> 43% accuracy for a downward shift of 0.1 h), and
+    its side (measured on the synthetic baseline: 97% -> 44% accuracy for a downward shift of 0.1 h), and
     a localizer's boxes are off by that much on small signs (reports/localizer)."""
     x, y, w, h = box
     dx, dy, sx, sy = rng.uniform(-amount, amount, 4)
