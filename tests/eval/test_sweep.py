@@ -84,6 +84,35 @@ def test_sweep_writes_report_and_reuses_cells(tmp_path, runs, monkeypatch):
     assert json.dumps(again["attacks"], sort_keys=True) == json.dumps(res["attacks"], sort_keys=True)
 
 
+def test_sweep_crafts_through_the_surrogate_of_a_defense_without_gradient(tmp_path, runs):
+    """Column smoothing's vote has no useful gradient: the sweep's PGD differentiates its soft vote (the adaptive
+    view), scores the deployed vote, names the surrogate in the row and the report, and keys the cell by it."""
+    from train.checkpoint import load_checkpoint
+    from train.eval.sweep_runner import cell_key
+
+    smooth = tmp_path / "smooth"
+    r = Recipe(name="smooth", data=DataConfig(), model=ModelConfig(name="lisa_cnn_tiny"),
+               defense={"kind": "column_smoothing", "band": 4, "patch": 5},
+               optim=OptimConfig(epochs=2, batch_size=32, lr=3e-3))
+    train(r, smooth, progress=False, data=_data())
+    cfg = {"name": "smooth", "views": {"train": 2, "heldout": 2}, "models": {"smooth": str(smooth)},
+           "attacks": [{"name": "pgd", "kind": "pgd", "eps": 0.25, "steps": 5, "n": 40}]}
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    row = run_sweep(load_sweep(p), out, progress=False)["attacks"]["pgd"][0]
+    assert "SoftVote" in row["attacker_view"] and "scored on the vote" in row["attacker_view"]
+    assert row["asr"] > 0.3  # the soft vote's gradient moved the deployed vote (the vote's own gradient is zero)
+    model, _ = load_checkpoint(smooth)
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    assert not model(x).requires_grad  # what a plain white-box attack would have had to differentiate
+    sweep = load_sweep(p)
+    assert "Crafted through a surrogate, scored on the deployed model: `smooth`: EOT over all ablations" in (
+        out / "report.md").read_text()
+    a = sweep.attacks[0]
+    assert cell_key(a, str(smooth), sweep, row["attacker_view"]) != cell_key(a, str(smooth), sweep)
+
+
 def test_sweep_cli_and_bad_fields(tmp_path, runs, capsys):
     path = _sweep(tmp_path, runs, quick={"models": ["base"], "drop_attacks": ["rp2_reg", "rp2"]})
     assert main(["eval", str(path), "--quick", "--quiet", "--out", str(tmp_path / "q")]) == 0

@@ -40,3 +40,9 @@ def attacker_view(model: nn.Module, bpda: bool = False) -> nn.Module:
 def view_name(model: nn.Module, bpda: bool = False) -> str:
     """One line saying what :func:`attacker_view` differentiates and what the attack is scored on."""
     return _view(model, bpda)[1]
+
+
+def has_surrogate(model: nn.Module) -> bool:
+    """Whether :func:`attacker_view` differentiates something other than ``model`` itself (a defense whose
+    deployed decision has no useful gradient)."""
+    return _view(model, False)[0] is not model

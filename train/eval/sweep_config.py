@@ -31,7 +31,10 @@ Attack kinds (``kind:``):
 ``craft_on`` (pixel kinds and ``rp2``) says which model the attack
 differentiates, for models with parts in front of the classifier (a purifier):
 ``model`` (default) -- the whole model end to end, the adaptive white-box
-attack; ``classifier`` -- the classifier alone, its examples then scored on
+attack (through :func:`train.attacks.adaptive_view.attacker_view`'s
+surrogate for a model whose deployed decision has no useful gradient: the
+PRN gate, column smoothing, PatchCleanser; scored on the deployed decision);
+``classifier`` -- the classifier alone, its examples then scored on
 the whole model (the attacker has the classifier's weights, not the
 purifier's); ``bpda`` -- the whole model with the front parts' backward pass
 replaced by the identity (BPDA, Athalye et al. 2018).

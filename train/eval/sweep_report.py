@@ -91,6 +91,10 @@ def to_markdown(cfg: SweepConfig, results: dict[str, Any]) -> str:
         for r in rows:
             out.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
         out.append("")
+        adaptive = [r for r in rows if r.get("attacker_view")]
+        if adaptive:
+            out += ["Crafted through a surrogate, scored on the deployed model: " + "; ".join(
+                f"`{r['model']}`: {r['attacker_view']}" for r in adaptive) + ".", ""]
     out += ["ASR = attack success rate.  rp2: avg_asr is the targeted success averaged over the "
             f"{len(LISA_CLASSES) - 1} targets other than the true class, worst_asr the attacker's best target "
             "(BlurNet Table II); avg_untargeted_asr counts altered predictions (BlurNet Sec. II-A); "

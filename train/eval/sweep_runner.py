@@ -62,12 +62,17 @@ def feature_blur(model: nn.Module, meta: dict[str, Any], k: int) -> nn.Module:
 
 def crafting_model(model: nn.Module, craft_on: str) -> nn.Module:
     """The model an attack differentiates (``craft_on``, see :mod:`train.eval.sweep_config`): the scored model
-    itself, the classifier inside it, or the model with its front parts (purifier) made identity on the
-    backward pass (BPDA).  A model without front parts is its own classifier: every choice is the same."""
+    end to end -- through its adaptive surrogate when its deployed decision has no useful gradient (the PRN
+    gate, column smoothing, PatchCleanser: :mod:`train.attacks.adaptive_view`) --, the classifier inside it, or
+    the model with its front parts (purifier) made identity on the backward pass (BPDA).  A model without front
+    parts is its own classifier: every choice is the same."""
+    from ..attacks.adaptive_view import attacker_view
     from ..attacks.bpda import BPDA
     from ..defenses import classifier_of
 
-    if craft_on == "model" or not hasattr(model, "front_of"):
+    if craft_on == "model":
+        return attacker_view(model)
+    if not hasattr(model, "front_of"):
         return model
     if craft_on == "classifier":
         return classifier_of(model)
@@ -84,14 +89,17 @@ def regularizer_of(meta: dict[str, Any]):
 # --------------------------------------------------------------------------- cells
 
 
-def cell_key(a: AttackEntry, model_path: str, cfg: SweepConfig) -> str:
+def cell_key(a: AttackEntry, model_path: str, cfg: SweepConfig, surrogate: str | None = None) -> str:
     """Hash of everything a cell's numbers depend on: the attack's effective configuration (class defaults
-    included, so a changed default re-runs it) and sweep-level settings, the model's weights, views, seed."""
+    included, so a changed default re-runs it) and sweep-level settings, the model's weights, views, seed, and
+    the surrogate the attack differentiates when it is not the model itself."""
     _, meta = read_sidecar(model_path)
     # which models an attack runs on is not a property of one (attack, model) cell
     attack = {k: v for k, v in to_dict(a).items() if k not in ("models", "params")}
     if attack.get("craft_on") == "model":  # the default: keys of sweeps written before the option stay valid
         del attack["craft_on"]
+    if surrogate is not None:
+        attack["attacker_view"] = surrogate
     blob = json.dumps({"attack": attack, "model": meta["weights_sha256"], "views": to_dict(cfg.views),
                        "seed": cfg.seed, "sign": cfg.sign}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -145,8 +153,16 @@ class Runner:
         s = self._tests[key].sample(a.n, self.cfg.seed)
         return torch.from_numpy(s.x), torch.from_numpy(s.y).long()
 
+    def surrogate(self, a: AttackEntry, label: str) -> str | None:
+        """What the attack differentiates instead of the model, when it does (see :func:`crafting_model`)."""
+        from ..attacks.adaptive_view import has_surrogate, view_name
+
+        model, _ = self.model(label)
+        return view_name(model) if a.craft_on == "model" and has_surrogate(model) else None
+
     def cell(self, a: AttackEntry, label: str) -> dict[str, Any] | None:
-        key = cell_key(a, self.cfg.models[label], self.cfg)
+        surrogate = self.surrogate(a, label)
+        key = cell_key(a, self.cfg.models[label], self.cfg, surrogate)
         path = self.out / "cells" / f"{a.name}__{label}.json"
         if path.is_file():
             cached = json.loads(path.read_text(encoding="utf-8"))
@@ -156,6 +172,8 @@ class Runner:
         row = self._compute(a, label)
         if row is not None:
             row.update({"model": label, "attack": a.name, "seconds": round(time.time() - t0, 1)})
+            if surrogate is not None:
+                row["attacker_view"] = surrogate
         atomic_write_json(path, {"key": key, "row": row})  # "not applicable to this model" (None) is cached too
         return row
 
@@ -184,10 +202,11 @@ class Runner:
                     evaluate_stickers(feature_blur(model, meta, k), self.heldout, res), meta)
             return {"variants": rows, "n_views": len(self.heldout), "attack_config": atk.config()}
         x, y = self.images(a, meta)
-        atk = a.make(crafting_model(model, a.craft_on))
+        crafter = crafting_model(model, a.craft_on)
+        atk = a.make(crafter)
         r = atk(x, y, seed=self.cfg.seed)
         info = r.info
-        if a.craft_on != "model":  # crafted on another model: the scored model's predictions
+        if crafter is not model:  # crafted on another model or a surrogate: the scored model's predictions
             from ..attacks.base import batched_predict
 
             info = {**info, "pred_clean": batched_predict(model, x).numpy(),
