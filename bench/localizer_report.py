@@ -54,19 +54,16 @@ def localizer_fn(loc: Localizer, thr: float):
 
 
 def latency(bundle: Path, precision: str, frames: List[np.ndarray], threads: int, runs: int) -> Dict[str, float]:
-    """p50/p99 ms of preprocess + graph + decode per frame, onnxruntime CPU with ``threads`` intra-op threads."""
-    import onnxruntime as ort
+    """p50/p99 ms of preprocess + graph + decode per frame, onnxruntime CPU with ``threads`` intra-op threads,
+    in the session the device runs (:class:`edge.backends.OrtBackend`: no spin-waiting between runs)."""
+    from edge.backends import OrtBackend
 
     loc = Localizer(bundle, precision=precision)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(bundle / loc.entry["file"]), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    backend = OrtBackend(bundle / loc.entry["file"], threads=threads)
 
     def once(frame):
         x = preprocess(frame, None, loc.preprocess_cfg)[None]
-        out = sess.run(None, {name: x})[0][0]
+        out = backend.run(x)[0]
         decode(out, loc.decode_cfg, loc.input_size, (frame.shape[1], frame.shape[0]))
 
     for f in frames[:10]:
@@ -77,7 +74,7 @@ def latency(bundle: Path, precision: str, frames: List[np.ndarray], threads: int
         c0, t0 = time.process_time(), time.perf_counter()
         x = preprocess(f, None, loc.preprocess_cfg)[None]
         t1 = time.perf_counter()
-        out = sess.run(None, {name: x})[0][0]
+        out = backend.run(x)[0]
         t2 = time.perf_counter()
         decode(out, loc.decode_cfg, loc.input_size, (f.shape[1], f.shape[0]))
         total.append((time.perf_counter() - t0) * 1e3)
@@ -227,8 +224,8 @@ def main() -> None:
     empty = scene_set(args.work / "empty", args.n_empty, 2000, SceneConfig(p_empty=1.0))
     results: Dict[str, Any] = {"n_test": len(test), "n_test_signs": test.n_boxes, "n_empty": len(empty),
                                "detectors": {}}
-    # latency first, while this process runs no other onnxruntime session: an idle session's thread pool still
-    # spins after its runs and, on 2 cores, took a third of the measured time (10.2 ms p50 against 6.3 ms)
+    # latency first, before the evaluation: measured after it in the same process, INT8 p50 read 10.2 ms where a
+    # fresh process read 6.3 ms (cause not isolated)
     frames = [test.image(i) for i in range(min(50, len(test)))]
     results["load_before_latency"] = os.getloadavg()
     results["latency"] = {"%s_%dthread" % (prec, th): latency(args.bundle, prec, frames, th, args.latency_runs)
