@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
+from localizer_driveby import ROI_ERRORS, driveby, roi_sensitivity  # bench/ is the script's own folder on sys.path
 
 from edge.fileio import atomic_write_json, atomic_write_text
 from edge.localizer import Localizer, decode
@@ -55,16 +55,11 @@ def localizer_fn(loc: Localizer, thr: float):
 
 def latency(bundle: Path, precision: str, frames: List[np.ndarray], threads: int, runs: int) -> Dict[str, float]:
     """p50/p99 ms of preprocess + graph + decode per frame, onnxruntime CPU with ``threads`` intra-op threads,
-    in the session the device runs (:class:`edge.backends.OrtBackend`: no spin-waiting between runs)."""
-    from edge.backends import OrtBackend
-
-    loc = Localizer(bundle, precision=precision)
-    backend = OrtBackend(bundle / loc.entry["file"], threads=threads)
+    in the session the device runs (:class:`edge.localizer.Localizer`: no spin-waiting between runs)."""
+    loc = Localizer(bundle, precision=precision, threads=threads)
 
     def once(frame):
-        x = preprocess(frame, None, loc.preprocess_cfg)[None]
-        out = backend.run(x)[0]
-        decode(out, loc.decode_cfg, loc.input_size, (frame.shape[1], frame.shape[0]))
+        decode(loc.raw(frame), loc.decode_cfg, loc.input_size, (frame.shape[1], frame.shape[0]))
 
     for f in frames[:10]:
         once(f)
@@ -74,7 +69,7 @@ def latency(bundle: Path, precision: str, frames: List[np.ndarray], threads: int
         c0, t0 = time.process_time(), time.perf_counter()
         x = preprocess(f, None, loc.preprocess_cfg)[None]
         t1 = time.perf_counter()
-        out = backend.run(x)[0]
+        out = loc.backend.run(x)[0]
         t2 = time.perf_counter()
         decode(out, loc.decode_cfg, loc.input_size, (f.shape[1], f.shape[0]))
         total.append((time.perf_counter() - t0) * 1e3)
@@ -91,107 +86,6 @@ def classical_latency(frames: List[np.ndarray], runs: int) -> Dict[str, float]:
         classical_proposals(frames[i % len(frames)])
         t.append((time.perf_counter() - t0) * 1e3)
     return {"p50_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "runs": runs}
-
-
-# Crop boxes a localizer produces instead of the tight one: (name, box -> box), offsets in fractions of the side.
-ROI_ERRORS = [
-    ("tight", lambda x, y, w, h: (x, y, w, h)),
-    ("down 0.1 h", lambda x, y, w, h: (x, y + 0.1 * h, w, h)),
-    ("right 0.1 w", lambda x, y, w, h: (x + 0.1 * w, y, w, h)),
-    ("taller 1.15 (bottom edge down)", lambda x, y, w, h: (x, y, w, 1.15 * h)),
-    ("larger 1.1", lambda x, y, w, h: (x - 0.05 * w, y - 0.05 * h, 1.1 * w, 1.1 * h)),
-    ("smaller 0.9", lambda x, y, w, h: (x + 0.05 * w, y + 0.05 * h, 0.9 * w, 0.9 * h)),
-]
-
-
-def roi_sensitivity(classifier: str, n: int = 900) -> Dict[str, float]:
-    """Accuracy of ``classifier`` on ``n`` rendered signs (seeded, never trained on) cropped from the tight box
-    and from boxes off the way a localizer's are: how much box error the classifier tolerates."""
-    import torch
-
-    from edge.preprocess import PreprocessConfig
-    from train.checkpoint import load_checkpoint
-    from train.data.render import render_sign
-
-    model, meta = load_checkpoint(classifier)
-    pp = PreprocessConfig.from_dict(meta["preprocess"]).with_color_order("BGR")
-    rng = np.random.default_rng(20261130)
-    signs = [render_sign(int(c), rng) for c in rng.integers(0, len(meta["classes"]), n)]
-    y = np.array([s.label for s in signs])
-    out = {}
-    with torch.no_grad():
-        for name, move in ROI_ERRORS:
-            x = np.stack([preprocess(s.image, move(*s.box), pp) for s in signs])
-            out[name] = float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
-    return out
-
-
-def driveby(args: argparse.Namespace, work: Path, classifier: str) -> Dict[str, Any]:
-    """The demo's drive-by through the edge loop with ``classifier``: CSV ROIs vs --roi detect at every N."""
-    from edge.bundle import load_bundle
-    from edge.detect_roi import DetectRoi
-    from edge.framelog import read_log
-    from edge.loop import run_loop
-    from edge.preprocess import PreprocessConfig
-    from edge.rois import CsvRoi
-    from edge.sources import open_source
-    from export.bundle import export_bundle
-    from train.checkpoint import load_checkpoint
-    from train.data.classes import STOP
-    from train.data.driveby import render_driveby
-    from train.data.render import RenderConfig, render_sign
-
-    drive = render_driveby(work / "video", class_id=STOP, n_frames=90, seed=7, name="stop_driveby")
-    cdir = work / ("classifier_" + Path(classifier).name)
-    if not (cdir / "manifest.json").is_file():
-        model, meta = load_checkpoint(classifier)
-        pp = PreprocessConfig.from_dict(meta["preprocess"])
-        rng = np.random.default_rng(0)
-        x = np.stack([preprocess(s.image, s.box, pp) for s in (render_sign(int(c), rng, RenderConfig())
-                                                                for c in rng.integers(0, 18, 64))])
-        export_bundle(model, cdir, meta["classes"], pp, x, name="classifier")
-    clf = load_bundle(cdir)
-    gt = CsvRoi(drive.boxes_csv)
-    first24 = min(f for f, r in gt.rows.items() if r.box[2] >= 24)
-    logs = work / ("logs_" + Path(classifier).name)
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    with open_source(str(drive.video_path)) as src:
-        s_csv = run_loop(clf, src, gt, log_path=str(logs / "csv.jsonl"))
-    out: Dict[str, Any] = {"classifier": classifier, "video": str(drive.video_path), "gt_frames": len(gt.rows),
-                           "first_frame_24px": first24,
-                           "csv_accuracy": s_csv.accuracy, "csv_classified": s_csv.classified, "detect": []}
-    for every in args.every:
-        for precision in ("fp32", "int8"):
-            roi = DetectRoi(Localizer(args.bundle, precision=precision), every=every, gt=gt)
-            path = logs / ("detect_%s_every%d.jsonl" % (precision, every))
-            t0 = time.perf_counter()
-            with open_source(str(drive.video_path)) as src:
-                s = run_loop(clf, src, roi, log_path=str(path), out_video=str(logs / ("annotated_%s_every%d.mp4" % (
-                    precision, every))) if every == 1 else None)
-            wall = time.perf_counter() - t0
-            out["detect"].append(drive_row(read_log(path), gt, first24, every, precision, s, wall))
-    return out
-
-
-def drive_row(records: List[dict], gt, first24: int, every: int, precision: str, summary, wall: float) -> dict:
-    """Per-run drive-by numbers from a frame log with one record per detection."""
-    from edge.localizer import box_iou
-
-    dets = [r for r in records if r.get("frame") is not None and r.get("roi") is not None and "track_id" in r]
-    right = {r["frame"] for r in dets if r["gt"] is not None and r["pred"] == r["gt"]}
-    matched = [r for r in dets if r["gt"] is not None]
-    first = min((r["frame"] for r in matched), default=None)
-    ious = [float(box_iou(np.array([r["roi"]]), np.array([gt.rows[r["frame"]].box]))[0, 0]) for r in matched]
-    tracks = sorted({r["track_id"] for r in matched})
-    loc_ms = [r["latency_ms"].get("localize", 0.0) for r in records if "latency_ms" in r and r.get("frame") is not None]
-    return {"precision": precision, "every": every, "end_to_end_accuracy": len(right) / len(gt.rows),
-            "accuracy_on_detections": summary.accuracy, "frames_with_sign_detected": len({r["frame"] for r in matched}),
-            "frames_found_by_localizer": len({r["frame"] for r in matched if r.get("detected")}),
-            "first_detection_frame": first, "frames_after_24px": None if first is None else first - first24,
-            "mean_iou": float(np.mean(ious)) if ious else None, "sign_tracks": len(tracks),
-            "false_detections": len(dets) - len(matched),
-            "localize_ms_mean": float(np.mean(loc_ms)) if loc_ms else None, "fps": summary.frames / wall}
 
 
 def main() -> None:

@@ -149,12 +149,13 @@ class Localizer:
     """A verified localizer bundle: ``detect(frame)`` -> list of :class:`Detection`, best first.
 
     ``precision``/``backend``/``providers`` as for :func:`edge.bundle.load_bundle`;
-    ``score_threshold`` overrides the bundle's operating point.
+    ``score_threshold`` overrides the bundle's operating point; ``threads``: onnxruntime intra-op threads
+    (default: one per physical core).
     """
 
     def __init__(self, path: PathLike, precision: Optional[str] = None, backend: str = "onnxruntime",
                  providers: Optional[Sequence[str]] = None, verify_hashes: bool = True,
-                 score_threshold: Optional[float] = None) -> None:
+                 score_threshold: Optional[float] = None, threads: Optional[int] = None) -> None:
         if backend not in BACKENDS:
             raise SignguardError("backend %r is unknown; choose one of %s" % (backend, list(BACKENDS)))
         self.path = Path(path)
@@ -178,7 +179,7 @@ class Localizer:
         kwargs: Dict[str, Any] = {"input_name": self.manifest["input"]["name"],
                                   "output_name": self.manifest["output"]["name"]}
         if backend == "onnxruntime":
-            kwargs["providers"] = providers
+            kwargs.update(providers=providers, threads=threads)
         self.backend = make_backend(backend, self.path / self.entry["file"], **kwargs)
         self.grid = int(math.ceil(self.input_size / float(self.decode_cfg.stride)))
 

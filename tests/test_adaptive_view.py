@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from train.attacks.adaptive_view import attacker_view, view_name
+from train.attacks.adaptive_view import attacker_view, surrogate_name, view_name
 from train.attacks.gate_surrogate import SoftGate
 from train.defenses import DefendedModel
 from train.defenses.dct_svm import DCTSVMDetector
@@ -37,10 +37,12 @@ def test_each_defense_gets_its_surrogate_and_the_gradient_reaches_the_input():
         assert isinstance(view, surrogate), name
         assert scored_on in view_name(model), name
         assert _input_grad(view, x).abs().sum() > 0, name
+        assert surrogate_name(model) == view_name(model), name
     gate = models["gate"][0]
     assert attacker_view(gate, bpda=True).bpda and not attacker_view(gate).bpda
     assert "BPDA" in view_name(gate, bpda=True)
     assert attacker_view(clf) is clf and view_name(clf) == "white-box on the classifier"
+    assert surrogate_name(clf) is None
 
 
 def test_signguard_attack_crafts_through_the_view_and_scores_the_real_model(tmp_path):

@@ -312,3 +312,20 @@ def test_jitter_box_moves_and_scales_within_its_amount() -> None:
     assert np.all((out[:, 3] >= 20.4 - 1e-9) & (out[:, 3] <= 27.6 + 1e-9))
     assert np.abs(cy - 42.0).max() > 0.1 * 24 and np.abs(out[:, 3] / 24 - 1).max() > 0.1
     assert jitter_box(box, np.random.default_rng(3), 0.15) == jitter_box(box, np.random.default_rng(3), 0.15)
+
+
+def test_roi_jitter_changes_only_the_training_crops(tmp_path) -> None:
+    """``data.roi_jitter`` reaches the rendered training split (other crops, its own cache file), while the
+    validation and test splits keep the tight boxes the accuracy is reported on."""
+    from edge.preprocess import PreprocessConfig
+    from train.config import DataConfig
+    from train.data.datasets import load_data
+
+    def splits(jitter):
+        return load_data(DataConfig(train_per_class=2, test_per_class=1, roi_jitter=jitter), PreprocessConfig(),
+                         progress=False, cache_dir=tmp_path)
+
+    tight, moved = splits(0.0), splits(0.15)
+    assert np.array_equal(tight.train.y, moved.train.y) and not np.array_equal(tight.train.x, moved.train.x)
+    assert np.array_equal(tight.test.x, moved.test.x) and np.array_equal(tight.val.x, moved.val.x)
+    assert len(list(tmp_path.glob("synthetic-train-*.npz"))) == 2

@@ -154,15 +154,16 @@ def _cosine_lr(base: float, epoch: int, epochs: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-def _finished_metrics(run_dir: Path, epochs: int) -> dict[str, Any] | None:
-    """The recorded final metrics of a run that completed every epoch, or None."""
+def finished_metrics(run_dir: Path, epochs: int, final_key: str = "test_acc") -> dict[str, Any] | None:
+    """The recorded final metrics of a run that completed every epoch and wrote its checkpoint (its metrics
+    hold ``final_key``, written only at the end), or None -- what ``--resume`` returns for a finished run."""
     try:
         state = json.loads((run_dir / "train_state.json").read_text(encoding="utf-8"))
         _, meta = read_sidecar(run_dir / "model.json")
     except (OSError, ValueError, SignguardError):
         return None
     metrics = meta.get("metrics", {})
-    if state.get("epoch", -1) + 1 >= epochs and "test_acc" in metrics:
+    if state.get("epoch", -1) + 1 >= epochs and final_key in metrics:
         return metrics
     return None
 
@@ -184,7 +185,7 @@ def train(
     o = recipe.optim
     check_run_dir(run_dir, resume, overwrite)
     if resume:
-        done = _finished_metrics(run_dir, o.epochs)
+        done = finished_metrics(run_dir, o.epochs)
         if done is not None:
             log.info("%s: already finished; returning its recorded metrics", run_dir)
             return done

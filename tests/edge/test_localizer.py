@@ -111,6 +111,11 @@ def test_localizer_bundle_finds_the_red_cell(red_bundle: Path) -> None:
     assert len(Localizer(red_bundle, score_threshold=0.0).detect(frame_with_red([]))) == 8  # max_detections
 
 
+def test_localizer_threads_reach_its_session(red_bundle: Path) -> None:
+    """``threads`` sets the onnxruntime intra-op pool the benchmark times (the device's own session)."""
+    assert Localizer(red_bundle, threads=1).backend.session.get_session_options().intra_op_num_threads == 1
+
+
 def test_localizer_refuses_other_bundles(red_bundle: Path, colour_bundle: Path) -> None:
     with pytest.raises(BundleError, match="semantics"):
         Localizer(colour_bundle)

@@ -42,7 +42,8 @@ def view_name(model: nn.Module, bpda: bool = False) -> str:
     return _view(model, bpda)[1]
 
 
-def has_surrogate(model: nn.Module) -> bool:
-    """Whether :func:`attacker_view` differentiates something other than ``model`` itself (a defense whose
-    deployed decision has no useful gradient)."""
-    return _view(model, False)[0] is not model
+def surrogate_name(model: nn.Module) -> str | None:
+    """:func:`view_name` when :func:`attacker_view` differentiates something other than ``model`` itself (a
+    defense whose deployed decision has no useful gradient), else None."""
+    view, name = _view(model, False)
+    return None if view is model else name

@@ -155,10 +155,9 @@ class Runner:
 
     def surrogate(self, a: AttackEntry, label: str) -> str | None:
         """What the attack differentiates instead of the model, when it does (see :func:`crafting_model`)."""
-        from ..attacks.adaptive_view import has_surrogate, view_name
+        from ..attacks.adaptive_view import surrogate_name
 
-        model, _ = self.model(label)
-        return view_name(model) if a.craft_on == "model" and has_surrogate(model) else None
+        return surrogate_name(self.model(label)[0]) if a.craft_on == "model" else None
 
     def cell(self, a: AttackEntry, label: str) -> dict[str, Any] | None:
         surrogate = self.surrogate(a, label)

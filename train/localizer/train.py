@@ -31,13 +31,12 @@ from train.checkpoint import (
     _read_tensors,
     load_train_state,
     read_sidecar,
-    read_train_state,
     save_checkpoint,
     save_train_state,
 )
 from train.data.detection import DetectionSet, load_coco, load_detection_set
 from train.data.scenes import write_scenes
-from train.trainer import check_run_dir, clear_run_dir, trim_log
+from train.trainer import check_run_dir, clear_run_dir, finished_metrics, trim_log
 
 from .config import LocalizerRecipe
 from .data import InputSet, batches, load_inputs
@@ -160,16 +159,6 @@ def _lr(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def _finished(run_dir: Path, epochs: int) -> Dict[str, Any] | None:
-    """The recorded metrics of a run in ``run_dir`` that trained every epoch and wrote its checkpoint, or None."""
-    try:
-        state = read_train_state(run_dir)
-        _, meta = read_sidecar(run_dir / "model.json")
-    except SignguardError:
-        return None
-    return meta.get("metrics") if state["epoch"] + 1 >= epochs else None
-
-
 def train_localizer(recipe: LocalizerRecipe, run_dir: Path, progress: bool = True, resume: bool = False,
                     overwrite: bool = False) -> Dict[str, Any]:
     """Train, choose the operating threshold on validation frames, write the checkpoint; returns metrics.
@@ -182,7 +171,7 @@ def train_localizer(recipe: LocalizerRecipe, run_dir: Path, progress: bool = Tru
     check_run_dir(run_dir, resume, overwrite)
     recipe_path = run_dir / "recipe.json"
     if resume:
-        done = _finished(run_dir, recipe.optim.epochs)
+        done = finished_metrics(run_dir, recipe.optim.epochs, final_key="val")
         if done is not None:
             log.info("%s: already finished; returning its recorded metrics", run_dir)
             return done
