@@ -214,3 +214,24 @@ def test_doa_fine_tuning_stops_the_occlusion_attack(tmp_path):
         assert (r.info["pred_clean"] == y.numpy()).mean() > 0.95  # clean accuracy kept
         asr[name] = r.info["success"].mean()
     assert asr["base"] > 0.15 and asr["doa"] < 0.05, asr
+
+
+def test_restoration_score_averages_clean_and_perturbed_accuracy():
+    """The model-selection score of PRN and FRU: a perturbation that flips every prediction halves it, and the
+    key changes with the perturbations it is measured on."""
+    from types import SimpleNamespace
+
+    from train.defenses.restoration import perturbations_key, restoration_score
+
+    class MeanColour(torch.nn.Module):  # predicts the channel with the largest mean
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    x = torch.zeros(8, 3, 4, 4)
+    x[:, 0] = 0.6  # every image red: class 0
+    split = SimpleNamespace(x=x.numpy(), y=np.zeros(8, dtype=np.int64))
+    green = torch.zeros(2, 3, 4, 4)
+    green[:, 1] = 0.9  # pushes every image to class 1
+    assert restoration_score(MeanColour(), split, torch.zeros(2, 3, 4, 4), torch.device("cpu")) == 1.0
+    assert restoration_score(MeanColour(), split, green, torch.device("cpu")) == 0.5
+    assert perturbations_key(green) != perturbations_key(torch.zeros(2, 3, 4, 4))

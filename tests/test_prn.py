@@ -337,7 +337,7 @@ def test_the_device_loop_logs_and_counts_gate_decisions(tmp_path):
 def test_bank_imports_made_perturbations_and_is_rebuilt_for_another_classifier(tmp_path):
     """``import_dir``: the train/ and test/ perturbations of another tool (FRU's) become the bank, named by
     split, method and seed; a wrong budget names the file; a bank made for one classifier is not reused for
-    another (its weights' digest differs), and is reused for the same one."""
+    another (its weights' digest differs), and is reused for the same one until the import folder changes."""
     from edge.errors import SignguardError
     from train.attacks.bank import BankConfig, build_bank, split_perturbations
     from train.attacks.uap import save_perturbation
@@ -360,6 +360,11 @@ def test_bank_imports_made_perturbations_and_is_rebuilt_for_another_classifier(t
     stamp = (tmp_path / "bank" / "bank.npz").stat().st_mtime_ns
     build_bank(clf, x, x, tmp_path / "bank", cfg)
     assert (tmp_path / "bank" / "bank.npz").stat().st_mtime_ns == stamp  # same classifier: reused
+    save_perturbation(tmp_path / "made" / "train" / "spgd_s3" / "uap.npy", np.zeros((3, 32, 32), np.float32),
+                      {"norm": "linf", "xi": xi, "fooling_ratio": 0.8, "model_hash": "x", "method": "spgd", "seed": 3})
+    bank = build_bank(clf, x, x, tmp_path / "bank", cfg)  # the import folder gained a file: rebuilt with it
+    assert "train:spgd:3" in list(bank["names"]) and len(split_perturbations(bank, "train")) == 3
+    stamp = (tmp_path / "bank" / "bank.npz").stat().st_mtime_ns
     with torch.no_grad():
         next(clf.parameters()).add_(1.0)
     build_bank(clf, x, x, tmp_path / "bank", cfg)

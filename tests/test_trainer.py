@@ -1,5 +1,6 @@
 """Training loop: learns, writes safetensors + sidecar, resumes exactly, refuses tampered weights."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from edge.errors import SignguardError
 from tests.toy_data import toy_data as _toy_data
 from train.checkpoint import load_checkpoint
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
+from train.defenses.base import Defense, register_defense
 from train.trainer import train
 
 
@@ -80,3 +82,42 @@ def test_tampered_weights_are_refused(tmp_path):
     w.write_bytes(bytes(b))
     with pytest.raises(SignguardError, match="SHA-256"):
         load_checkpoint(tmp_path)
+
+
+@dataclasses.dataclass
+class _ProbeConfig:
+    key: str = "bank-a"
+    score: float = 0.9
+
+
+@register_defense("test_validation_probe")
+class _ValidationProbe(Defense):
+    """A defense whose validation score and key come from its config, to drive the trainer's model selection."""
+
+    Config = _ProbeConfig
+
+    def validate(self, model, split, device):
+        return self.cfg.score
+
+    def validation_key(self):
+        return self.cfg.key
+
+
+def test_resume_restarts_model_selection_when_the_validation_key_changes(tmp_path):
+    """A continuation whose validation score is measured differently (PRN's bank grew) must not compare its
+    scores with the recorded best: with the same key a lower score keeps the old best checkpoint, with a new key
+    the continuation's own best epoch is chosen."""
+    import shutil
+
+    data = _toy_data()
+    train(_recipe(epochs=2, defense={"kind": "test_validation_probe", "score": 0.9}), tmp_path / "a",
+          progress=False, data=data)
+    assert json.loads((tmp_path / "a" / "train_state.json").read_text())["val_key"] == "bank-a"
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    same = train(_recipe(epochs=3, defense={"kind": "test_validation_probe", "score": 0.5}), tmp_path / "a",
+                 resume=True, progress=False, data=data)
+    assert same["best_epoch"] == 1  # 0.5 < the recorded 0.9: the epoch-1 checkpoint stays the best
+    other = train(_recipe(epochs=3, defense={"kind": "test_validation_probe", "key": "bank-b", "score": 0.5}),
+                  tmp_path / "b", resume=True, progress=False, data=data)
+    assert other["best_epoch"] == 2
+    assert json.loads((tmp_path / "b" / "train_state.json").read_text())["best_val"] == 0.5

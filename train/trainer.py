@@ -222,6 +222,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, progres
     )
     stack.setup(model, device)
     stack.prepare(model, data, run_dir, device)
+    val_key = stack.validation_key()  # what the recorded best score was measured with
     start, best, prior_s = 0, -1.0, 0.0  # prior_s: training seconds spent before a resume
     if resume and (run_dir / "train_state.json").is_file():
         st, weights = load_train_state(run_dir, opt)
@@ -238,6 +239,10 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, progres
                                  f"({str(e).splitlines()[0]}); resume with the run's recipe.json") from None
         start, best, prior_s = st["epoch"] + 1, st["best_val"], float(st.get("train_time_s", 0.0))
         log.info("resuming %s at epoch %d", run_dir, start)
+        if val_key is not None and st.get("val_key") != val_key:
+            log.warning("%s: the validation score now depends on something else (e.g. a grown perturbation "
+                        "bank): model selection restarts at epoch %d", run_dir, start)
+            best = -1.0
     elif resume:
         log.warning("--resume: no training state in %s, starting from scratch", run_dir)
     if resume and world.is_main:
@@ -315,7 +320,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, progres
                 save_checkpoint(run_dir / "model", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
             save_checkpoint(run_dir / "last", model, {**meta, "epoch": epoch, "metrics": {"val_acc": val_acc}})
             save_train_state(run_dir, model, opt, epoch,
-                             {"best_val": max(best, score), "train_time_s": time.time() - t0})
+                             {"best_val": max(best, score), "train_time_s": time.time() - t0,
+                              **({} if val_key is None else {"val_key": val_key})})
         best = max(best, score)
     D.barrier(world)  # rank 0 has written the best checkpoint
 

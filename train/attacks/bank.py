@@ -83,6 +83,15 @@ def _imported(cfg: BankConfig) -> list[tuple[np.ndarray, str]]:
     return out
 
 
+def _import_digest(made: list[tuple[np.ndarray, str]]) -> str:
+    """SHA-256 over the imported perturbations' names and values."""
+    h = hashlib.sha256()
+    for v, name in made:
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
 def classifier_digest(model: nn.Module) -> str:
     """SHA-256 of the classifier's weights as they are in memory, so a bank is reused only for its model."""
     h = hashlib.sha256()
@@ -116,17 +125,20 @@ def build_bank(model: nn.Module, train_x: torch.Tensor, test_x: torch.Tensor, ou
     out = Path(out_dir)
     path = out / BANK_FILE
     digest = classifier_digest(model)
+    # an import folder can gain or change files under the same config: the bank records what it imported
+    made_here = _imported(cfg) if cfg.import_dir else None
+    imported = _import_digest(made_here) if made_here is not None else None
     if path.is_file():
         made = bank_summary(out) if (out / "bank.json").is_file() else {}
-        if made.get("config") == cfg.__dict__ and made.get("classifier_digest") == digest:
+        if (made.get("config") == cfg.__dict__ and made.get("classifier_digest") == digest
+                and made.get("imported_digest") == imported):
             return load_bank(out)
-        log.warning("%s: built with %s for classifier %s, not %s for %s; rebuilding", path, made.get("config"),
-                    str(made.get("classifier_digest"))[:12], cfg.__dict__, digest[:12])
+        log.warning("%s: built with %s for classifier %s (imports %s), not %s for %s (imports %s); rebuilding",
+                    path, made.get("config"), str(made.get("classifier_digest"))[:12],
+                    str(made.get("imported_digest"))[:12], cfg.__dict__, digest[:12], str(imported)[:12])
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    if cfg.import_dir:
-        made_here = _imported(cfg)
-    else:
+    if made_here is None:
         jobs = ([("uap", cfg.seed + s, "train") for s in range(cfg.train_uap)]
                 + [("spgd", cfg.seed + s, "train") for s in range(cfg.train_spgd)]
                 + [("uap", cfg.seed + 100 + s, "test") for s in range(cfg.test_uap)]
@@ -149,7 +161,7 @@ def build_bank(model: nn.Module, train_x: torch.Tensor, test_x: torch.Tensor, ou
     atomic_write_bytes(path, buf.getvalue())
     cos = _cosines(arrays["perturbations"])
     atomic_write_json(out / "bank.json", {
-        "config": cfg.__dict__, "classifier_digest": digest, "names": names,
+        "config": cfg.__dict__, "classifier_digest": digest, "imported_digest": imported, "names": names,
         "fooling_ratio": [round(f, 4) for f in fooling],
         "max_abs_cosine_test_vs_train": float(np.abs(cos[np.ix_(_split(names, "test"), _split(names, "train"))]).max())
         if _split(names, "test") and _split(names, "train") else None,

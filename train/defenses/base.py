@@ -88,6 +88,12 @@ class Defense:
         """The score the best checkpoint is chosen by on the validation split; None = clean accuracy."""
         return None
 
+    def validation_key(self) -> str | None:
+        """What :meth:`validate`'s score depends on besides the model and the split (after :meth:`prepare`),
+        e.g. a digest of the perturbations it applies; None = nothing.  A resumed run whose key changed
+        restarts its model selection, because its scores are no longer comparable with the recorded best."""
+        return None
+
     def finish(self, model: nn.Module, data: Any, run_dir: Path, device: torch.device) -> dict[str, Any] | None:
         """Called once on the best model after the last epoch, before it is saved: fit what gradient descent
         does not (PRN's SVM detector).  Returns metrics to record, or None."""
@@ -229,6 +235,10 @@ class DefenseStack:
     def validate(self, model: nn.Module, split: Any, device: torch.device) -> float | None:
         scores = [s for s in (d.validate(model, split, device) for d in self.defenses) if s is not None]
         return min(scores) if scores else None
+
+    def validation_key(self) -> str | None:
+        keys = [k for k in (d.validation_key() for d in self.defenses) if k is not None]
+        return "+".join(keys) if keys else None
 
     def finish(self, model: nn.Module, data: Any, run_dir: Path, device: torch.device) -> dict[str, Any]:
         out: dict[str, Any] = {}

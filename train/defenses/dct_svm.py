@@ -77,10 +77,13 @@ class DCTSVMDetector(nn.Module):
         self.register_buffer("gamma", torch.zeros(()))
         self.register_buffer("bias", torch.ones(()))
         self.register_buffer("threshold", torch.tensor(float(threshold)))
+        # the kernel as a Python value, kept with the buffers' shapes: at export the branch below is taken on it,
+        # so tracing does not turn a tensor shape into a Python bool (TracerWarning)
+        self.rbf = False
 
     @property
     def kernel(self) -> str:
-        return "rbf" if self.support.shape[0] else "linear"
+        return "rbf" if self.rbf else "linear"
 
     def standardized(self, x: torch.Tensor, rectified: torch.Tensor | None = None) -> torch.Tensor:
         r = self.rectifier[0](x) if rectified is None else rectified
@@ -89,7 +92,7 @@ class DCTSVMDetector(nn.Module):
     def score(self, x: torch.Tensor, rectified: torch.Tensor | None = None) -> torch.Tensor:
         """SVM decision value (N,); pass ``rectified`` = R(x) when already computed."""
         z = self.standardized(x, rectified)
-        if self.support.shape[0]:  # a Python branch: fixed at export, so the graph has one kernel's ops
+        if self.rbf:  # a Python branch: fixed at export, so the graph has one kernel's ops
             d2 = (z * z).sum(1, keepdim=True) - 2.0 * F.linear(z, self.support) + (self.support ** 2).sum(1)
             z = torch.exp(-self.gamma * d2.clamp_min(0.0))
             return F.linear(z, self.dual.view(1, -1), self.bias.view(1)).reshape(-1)
@@ -103,6 +106,7 @@ class DCTSVMDetector(nn.Module):
         """Copy fitted parameters (from :func:`svm_params`) into the buffers, resizing them."""
         for name, value in params.items():
             setattr(self, name, torch.as_tensor(np.asarray(value), dtype=torch.float32).clone())
+        self.rbf = len(self.support) > 0
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         for name in ("support", "dual"):  # sized by the fit: take the checkpoint's shape
@@ -110,6 +114,7 @@ class DCTSVMDetector(nn.Module):
             if key in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[key]))
         super()._load_from_state_dict(state_dict, prefix, *args)
+        self.rbf = len(self.support) > 0
 
 
 def make_svm(kernel: str, c: float = 1.0, seed: int = 0) -> Any:

@@ -31,6 +31,7 @@ from edge.errors import ConfigError, SignguardError
 
 from ..attacks.uap import load_perturbation_set
 from .base import Defense, register_defense
+from .restoration import perturbations_key, restoration_score
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,14 @@ class FRU(Defense):
         log.info("fru: %d real + %d synthetic training perturbations from %s (max |v| %.4f)", len(real),
                  self.cfg.n_synthetic, self.cfg.perturbations, float(self.pool.abs().max()))
         self.sources = metas
+
+    def validation_key(self) -> str | None:
+        return perturbations_key(self.pool)
+
+    def validate(self, model: nn.Module, split, device: torch.device) -> float | None:
+        """Restoration on validation images under the training pool (clean accuracy alone would favour units
+        that leave the base untouched)."""
+        return restoration_score(model, split, self.pool, device) if len(split) else None
 
     def transform(self, model, x, y, step):
         if self.pool.shape[1:] != x.shape[1:]:

@@ -37,6 +37,7 @@ from edge.errors import ConfigError
 
 from .base import DefendedModel, Defense, Step, classifier_of, register_defense
 from .dct_svm import KERNELS, DCTSVMDetector, fit_detector
+from .restoration import perturbations_key, restoration_score
 
 log = logging.getLogger(__name__)
 
@@ -187,20 +188,15 @@ class PRN(Defense):
         xc = x[self.clean_rows.to(x.device)]
         return self.cfg.identity_weight * (model.rectifier(xc) - xc).pow(2).flatten(1).sum(1).mean()
 
-    @torch.no_grad()
-    def validate(self, model: nn.Module, split: Any, device: torch.device) -> float | None:
-        """Restoration on validation images: mean accuracy of C(R(.)) on clean images and on the same images
-        under the training perturbations (one each, seeded) -- clean accuracy alone would pick the identity."""
-        from ..attacks.base import batched_predict
+    def validation_key(self) -> str | None:
+        return None if self.perturbations is None else perturbations_key(self.perturbations)
 
+    def validate(self, model: nn.Module, split: Any, device: torch.device) -> float | None:
+        """Restoration of C(R(.)) on validation images under the training perturbations."""
         if self.perturbations is None or not len(split):
             return None
-        x, y = torch.as_tensor(split.x), torch.as_tensor(split.y)
-        gen = torch.Generator().manual_seed(0)
-        pert = (x + self.perturbations[torch.randint(len(self.perturbations), (len(x),), generator=gen)]).clamp(0, 1)
-        rect = nn.Sequential(model.rectifier, classifier_of(model)).eval()
-        accs = [float((batched_predict(rect, v.to(device)).cpu() == y).float().mean()) for v in (x, pert)]
-        return sum(accs) / 2
+        return restoration_score(nn.Sequential(model.rectifier, classifier_of(model)), split, self.perturbations,
+                                 device)
 
     def finish(self, model: nn.Module, data: Any, run_dir: Path, device: torch.device) -> dict[str, Any]:
         """Fit the detector's SVM on the trained rectifier: clean and perturbed training images, 1:1."""
