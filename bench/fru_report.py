@@ -36,7 +36,10 @@ DATASETS = {
     "lisa18": {"base": "runs/sweep/synthetic/baseline", "config": "configs/fru.yaml", "xi": XI,
                "title": "synthetic LISA-18"},
     "gtsrb32": {"base": "runs/gtsrb32/baseline", "config": "configs/fru_gtsrb32.yaml", "xi": XI,
-                "title": "GTSRB-32"},
+                "title": "GTSRB-32",
+                # a fact about the runs on disk, which their checkpoints do not record
+                "ablation_note": "The ablation runs were trained before the training set grew to 26 perturbations "
+                                 "(on sPGD seeds 1-10 and UAP seeds 1-2); the `fru` row was trained on all 26."},
 }
 # (method, seed, attack hyper-parameters): UAP = Moosavi-Dezfooli's DeepFool loop, sPGD = stochastic PGD.  The
 # DeepFool loop costs ~10x an sPGD run on CPU; the sPGD ones come first.  GTSRB-32's training set grew from 10 sPGD
@@ -273,6 +276,7 @@ def measure(ds: str) -> dict:
     key = {"base": meta_b["weights_sha256"], "fru": meta_f["weights_sha256"], "n": len(y)}
     t0 = time.time()
     res = {"dataset": ds, "title": spec["title"], "xi": spec["xi"], "n_eval": int(len(y)),
+           "ablation_note": spec.get("ablation_note", ""),
            "base": {"path": spec["base"], "test_acc": meta_b["metrics"]["test_acc"],
                     "params": sum(p.numel() for p in base.parameters())},
            "fru": {"path": str(root.relative_to(ROOT) / "fru"), "test_acc": meta_f["metrics"]["test_acc"],

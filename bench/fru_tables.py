@@ -121,6 +121,8 @@ def dataset_section(res: dict, out: Path) -> list[str]:
         lines += ["### Ablations: q and the number of regenerated layers", "",
                   "Same held-out set and images; mean / worst restoration over it. Plot: "
                   f"`ablations_{ds}.png`.", "", *ablation_section(res["ablations"]), ""]
+        if res["ablation_note"]:
+            lines += [res["ablation_note"], ""]
     if "stickers" in res:
         lines += ["### Stickers", "", *sticker_section(res["stickers"]), ""]
     else:
