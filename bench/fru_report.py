@@ -173,8 +173,12 @@ def seed_ranges(metas: list[dict]) -> str:
     by: dict[str, list[int]] = {}
     for m in metas:
         by.setdefault(m.get("method", "uap"), []).append(int(m["seed"]))
-    return ", ".join(f"{'sPGD' if k == 'spgd' else k.upper()} seeds {min(v)}-{max(v)}" if len(v) == max(v) - min(v) + 1
-                     else f"{k} seeds {sorted(v)}" for k, v in sorted(by.items(), key=lambda kv: kv[0] != "spgd"))
+    parts = []
+    for method, seeds in sorted(by.items(), key=lambda kv: kv[0] != "spgd"):  # sPGD first, as made
+        lo, hi = min(seeds), max(seeds)
+        span = f"{lo}-{hi}" if len(set(seeds)) == hi - lo + 1 else ", ".join(map(str, sorted(seeds)))
+        parts.append(f"{'sPGD' if method == 'spgd' else method.upper()} seeds {span}")
+    return ", ".join(parts)
 
 
 def restoration(ds: str, base, fru, fru_run: Path, x, y) -> dict:

@@ -221,7 +221,8 @@ def test_restoration_score_averages_clean_and_perturbed_accuracy():
     key changes with the perturbations it is measured on."""
     from types import SimpleNamespace
 
-    from train.defenses.restoration import perturbations_key, restoration_score
+    from train.attacks.bank import perturbations_digest
+    from train.defenses.restoration import restoration_score
 
     class MeanColour(torch.nn.Module):  # predicts the channel with the largest mean
         def forward(self, x):
@@ -234,4 +235,4 @@ def test_restoration_score_averages_clean_and_perturbed_accuracy():
     green[:, 1] = 0.9  # pushes every image to class 1
     assert restoration_score(MeanColour(), split, torch.zeros(2, 3, 4, 4), torch.device("cpu")) == 1.0
     assert restoration_score(MeanColour(), split, green, torch.device("cpu")) == 0.5
-    assert perturbations_key(green) != perturbations_key(torch.zeros(2, 3, 4, 4))
+    assert perturbations_digest(green) != perturbations_digest(torch.zeros(2, 3, 4, 4))

@@ -26,7 +26,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -83,12 +83,14 @@ def _imported(cfg: BankConfig) -> list[tuple[np.ndarray, str]]:
     return out
 
 
-def _import_digest(made: list[tuple[np.ndarray, str]]) -> str:
-    """SHA-256 over the imported perturbations' names and values."""
+def perturbations_digest(values: Any, names: Sequence[str] = ()) -> str:
+    """SHA-256 over perturbations (K, C, H, W, array or tensor) as float32, each preceded by its name when
+    ``names`` are given: what a bank imported, or what a defense's validation score is measured under."""
     h = hashlib.sha256()
-    for v, name in made:
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+    for i, v in enumerate(values):
+        if names:
+            h.update(names[i].encode())
+        h.update(np.ascontiguousarray(np.asarray(v), dtype=np.float32).tobytes())
     return h.hexdigest()
 
 
@@ -127,7 +129,8 @@ def build_bank(model: nn.Module, train_x: torch.Tensor, test_x: torch.Tensor, ou
     digest = classifier_digest(model)
     # an import folder can gain or change files under the same config: the bank records what it imported
     made_here = _imported(cfg) if cfg.import_dir else None
-    imported = _import_digest(made_here) if made_here is not None else None
+    imported = (perturbations_digest([v for v, _ in made_here], [n for _, n in made_here])
+                if made_here is not None else None)
     if path.is_file():
         made = bank_summary(out) if (out / "bank.json").is_file() else {}
         if (made.get("config") == cfg.__dict__ and made.get("classifier_digest") == digest

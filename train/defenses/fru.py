@@ -29,9 +29,10 @@ from torch import nn
 from edge.config import check_range
 from edge.errors import ConfigError, SignguardError
 
+from ..attacks.bank import perturbations_digest
 from ..attacks.uap import load_perturbation_set
 from .base import Defense, register_defense
-from .restoration import perturbations_key, restoration_score
+from .restoration import restoration_score
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class FRU(Defense):
         self.sources = metas
 
     def validation_key(self) -> str | None:
-        return perturbations_key(self.pool)
+        return perturbations_digest(self.pool)
 
     def validate(self, model: nn.Module, split, device: torch.device) -> float | None:
         """Restoration on validation images under the training pool (clean accuracy alone would favour units

@@ -35,9 +35,10 @@ from torch import nn
 from edge.config import check_choice, check_range
 from edge.errors import ConfigError
 
+from ..attacks.bank import BankConfig, build_bank, perturbations_digest, split_perturbations
 from .base import DefendedModel, Defense, Step, classifier_of, register_defense
 from .dct_svm import KERNELS, DCTSVMDetector, fit_detector
-from .restoration import perturbations_key, restoration_score
+from .restoration import restoration_score
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,6 @@ class PRN(Defense):
         classifier_of(model).requires_grad_(False)  # frozen: Eq. 2 is over the PRN's parameters only
 
     def prepare(self, model: nn.Module, data: Any, run_dir: Path, device: torch.device) -> None:
-        from ..attacks.bank import BankConfig, build_bank, split_perturbations
         from ..attacks.synthetic_uap import akhtar_synthetic
 
         c = self.cfg
@@ -189,7 +189,7 @@ class PRN(Defense):
         return self.cfg.identity_weight * (model.rectifier(xc) - xc).pow(2).flatten(1).sum(1).mean()
 
     def validation_key(self) -> str | None:
-        return None if self.perturbations is None else perturbations_key(self.perturbations)
+        return None if self.perturbations is None else perturbations_digest(self.perturbations)
 
     def validate(self, model: nn.Module, split: Any, device: torch.device) -> float | None:
         """Restoration of C(R(.)) on validation images under the training perturbations."""

@@ -4,7 +4,6 @@ nothing."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import torch
@@ -24,8 +23,3 @@ def restoration_score(model: nn.Module, split: Any, perturbations: torch.Tensor,
     model.eval()
     accs = [float((batched_predict(model, v.to(device)).cpu() == y).float().mean()) for v in (x, pert)]
     return sum(accs) / 2
-
-
-def perturbations_key(perturbations: torch.Tensor) -> str:
-    """SHA-256 of the perturbations a score is measured with (a training bank that grew changes it)."""
-    return hashlib.sha256(perturbations.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
