@@ -126,6 +126,24 @@ def test_recipe_rejects_a_loss_without_reconstruction_terms():
         LossConfig(gamma=0.0, lam=0.0)
 
 
+def test_recipe_rejects_an_unknown_device():
+    with pytest.raises(ConfigError, match="device: expected auto, cpu, cuda or cuda:N, got 'gpu0'"):
+        NRPOptimConfig(device="gpu0")
+
+
+@pytest.mark.gpu
+def test_purifier_trains_on_a_gpu_and_loads_on_the_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    r = _recipe(epochs=1)
+    r.optim.device = "cuda"
+    train_purifier(r, tmp_path, progress=False, images=(_images(32, 16, 0), _images(16, 16, 1)),
+                   features=_toy_extractor())
+    purifier, _ = load_purifier(tmp_path)
+    assert next(purifier.parameters()).device.type == "cpu"
+    assert purifier(torch.as_tensor(_images(2, 16, 2))).shape == (2, 3, 16, 16)
+
+
 # ---------------------------------------------------------------------------- the defense kind and attach
 
 

@@ -68,6 +68,12 @@ class ModelConfig:
         check_choice(self.input_norm, INPUT_NORMS, "input_norm")
 
 
+def check_device(name: str) -> None:
+    """A recipe's ``optim.device``: ``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+
+
 @dataclass
 class OptimConfig:
     """Adam with the paper's betas/eps (BlurNet Sec. II-C); AdamW when weight_decay > 0."""
@@ -87,8 +93,7 @@ class OptimConfig:
                 raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
         check_range(self.lr, "lr", lo=0, lo_open=True)
         check_range(self.label_smoothing, "label_smoothing", lo=0.0, hi=1.0, hi_open=True)
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
 
 
 @dataclass

@@ -37,15 +37,17 @@ def init_world(device_name: str) -> tuple[World, torch.device]:
     """Join the process group torchrun describes in the environment (no-op for a single process)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        return World(), _device(device_name, 0)
+        return World(), resolve_device(device_name)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = _device(device_name, local)
+    device = resolve_device(device_name, local)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return World(rank, size, local), device
 
 
-def _device(name: str, local_rank: int) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` (a recipe's ``optim.device``) to a device; ``auto`` takes the GPU
+    when there is one, so one recipe trains on a laptop and on a workstation."""
     from edge.errors import SignguardError
 
     if name == "auto":

@@ -36,8 +36,9 @@ from edge.fileio import atomic_write_text
 from edge.preprocess import PreprocessConfig
 
 from .attacks.ssp import SSP, feature_distortion, load_features
-from .config import DataConfig
+from .config import DataConfig, check_device
 from .defenses.nrp import Critic, Purifier, PurifierConfig, save_part
+from .distributed import resolve_device
 
 # ---------------------------------------------------------------------------- recipe
 
@@ -81,9 +82,11 @@ class NRPOptimConfig:
     critic_lr: float = 1e-4
     seed: int = 0
     num_threads: int = 0  # 0 = torch default
+    device: str = "auto"  # auto = the GPU when there is one
 
     def __post_init__(self) -> None:
         check_range(self.epochs, "epochs", lo=1)
+        check_device(self.device)
         check_range(self.batch_size, "batch_size", lo=2)  # the relativistic loss averages over the batch
         check_range(self.lr, "lr", lo=0, lo_open=True)
         check_range(self.critic_lr, "critic_lr", lo=0, lo_open=True)
@@ -218,11 +221,13 @@ def train_purifier(recipe: NRPRecipe, run_dir: str | Path, progress: bool = True
     if o.num_threads:
         torch.set_num_threads(o.num_threads)
     torch.manual_seed(o.seed)
+    device = resolve_device(o.device)
     feats = features if features is not None else load_features(recipe.extractor, recipe.layer)
+    feats = feats.to(device)
     xtr, xval = images if images is not None else load_images(recipe, progress)
-    xtr, xval = torch.as_tensor(xtr), torch.as_tensor(xval)
+    xtr, xval = torch.as_tensor(xtr).to(device), torch.as_tensor(xval).to(device)
     p = recipe.purifier
-    purifier, critic = Purifier(p.nf, p.gc, p.blocks), Critic(recipe.critic_width)
+    purifier, critic = Purifier(p.nf, p.gc, p.blocks).to(device), Critic(recipe.critic_width).to(device)
     opt_p = torch.optim.Adam(purifier.parameters(), lr=o.lr, betas=(0.9, 0.999))
     opt_c = torch.optim.Adam(critic.parameters(), lr=o.critic_lr, betas=(0.9, 0.999))
     s = recipe.ssp
