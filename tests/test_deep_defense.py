@@ -187,12 +187,35 @@ def test_near_black_images_are_left_out_of_the_regulariser(toy):
 def test_config_errors_name_the_field():
     for bad, field in (({"c": 0}, "c"), ({"lam": -1}, "lam"), ({"max_iter": 0}, "max_iter"),
                        ({"num_candidates": 1}, "num_candidates"), ({"reg_samples": -2}, "reg_samples"),
-                       ({"min_rms": 2}, "min_rms"),
+                       ({"min_rms": 2}, "min_rms"), ({"select_max_drop": -0.1}, "select_max_drop"),
+                       ({"select_images": 0}, "select_images"),
                        ({"lambda": 15}, "lambda")):
         with pytest.raises(ConfigError, match=field):
             defense_from_dict({"kind": "deep_defense", **bad})
     stack = DefenseStack.from_config({"kind": "deep_defense"})
     assert stack.describe() == "lambda=15, c=25, d=5, DeepFool unrolled 3 it., top-4"
+
+
+def test_selection_keeps_the_most_robust_epoch_within_the_accuracy_budget(toy, tmp_path):
+    """select_max_drop: validation rho_2 for an epoch within the budget of the starting model's accuracy, and a
+    score below all of those (accuracy - 1) for one outside it; unset, the trainer's validation accuracy."""
+    model, xt, yt = toy
+    val = Split(xt.numpy(), yt.numpy())
+    data = DataBundle(val, val, val, ["r", "g", "b"], "h")
+    assert defense_from_dict({"kind": "deep_defense"}).validate(model, val, torch.device("cpu")) is None
+    dd = defense_from_dict({"kind": "deep_defense", "select_max_drop": 0.05, "select_images": 40})
+    dd.prepare(model, data, tmp_path, torch.device("cpu"))
+    assert dd.start_acc == 1.0 and dd.validation_key() == "rho_2:0.05:40:1.0"
+    sub = val.sample(40, 0)
+    expected = rho_2(sub.x, DeepFool(model)(torch.from_numpy(sub.x), torch.from_numpy(sub.y).long()).info["r_norm"])
+    assert dd.validate(model, val, torch.device("cpu")) == pytest.approx(expected) and expected > 0
+    broken = copy.deepcopy(model)  # always answers class 0: accuracy 1/3, far outside the budget
+    head = [m for m in broken.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    acc = float((yt == 0).float().mean())
+    assert acc < 0.5 and dd.validate(broken, val, torch.device("cpu")) == pytest.approx(acc - 1.0)
 
 
 # ---------------------------------------------------------------------------- fine-tuning, export
