@@ -34,7 +34,7 @@ from train.defenses.patchcleanser import certified as certified_double_masking
 from train.defenses.smoothing import SmoothedClassifier, certified
 from train.eval import metrics
 from train.eval.sweep_runner import rp2_row
-from train.trainer import predict
+from train.trainer import predict, test_accuracy
 
 OUT = "reports/sticker_robustness"
 
@@ -52,7 +52,7 @@ def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldo
     attack_model = attacker_view(model)
     stop = LISA_INDEX[args.sign]
     targets = [c for c in range(len(LISA_CLASSES)) if c != stop]
-    row = {"model": label, "defense": meta["defense"], "test_acc": meta["metrics"]["test_acc"]}
+    row = {"model": label, "defense": meta["defense"], "test_acc": test_accuracy(model, meta)}
     t0 = time.time()
     row["rp2_whitebox"] = rp2_cell(model, attack_model, train_views, heldout, targets, args.steps, 0, args.seed, meta)
     row["rp2_lowfreq"] = rp2_cell(model, attack_model, train_views, heldout, targets, args.steps, 16, args.seed,

@@ -121,3 +121,18 @@ def test_resume_restarts_model_selection_when_the_validation_key_changes(tmp_pat
                   tmp_path / "b", resume=True, progress=False, data=data)
     assert other["best_epoch"] == 2
     assert json.loads((tmp_path / "b" / "train_state.json").read_text())["best_val"] == 0.5
+
+
+def test_test_accuracy_is_the_record_or_measured_on_the_checkpoints_own_test_split(tmp_path):
+    from train.data.datasets import load_checkpoint_data
+    from train.trainer import accuracy, test_accuracy
+
+    r = Recipe(name="tiny", data=DataConfig(train_per_class=4, test_per_class=3),
+               model=ModelConfig(name="lisa_cnn_tiny"), optim=OptimConfig(epochs=2, batch_size=32, lr=3e-3))
+    train(r, tmp_path, progress=False)
+    model, meta = load_checkpoint(tmp_path / "last.json")  # the last epoch: no final record
+    assert "test_acc" not in meta["metrics"]
+    assert test_accuracy(model, meta) == accuracy(model, load_checkpoint_data(meta, progress=False).test)
+    model, meta = load_checkpoint(tmp_path)
+    meta["metrics"]["test_acc"] = 0.5  # a record is used as it is
+    assert test_accuracy(model, meta) == 0.5

@@ -67,6 +67,17 @@ def accuracy(model: nn.Module, split: Split, device: str | torch.device = "cpu")
     return float((predict(model, split.x, device=device) == split.y).mean()) if len(split) else float("nan")
 
 
+def test_accuracy(model: nn.Module, meta: dict[str, Any]) -> float:
+    """A checkpoint's recorded test accuracy, or -- when it has none (a run's ``last.json``) -- measured on its own
+    test split (rebuilt from its recipe)."""
+    acc = meta.get("metrics", {}).get("test_acc")
+    if acc is None:
+        from .data.datasets import load_checkpoint_data
+
+        acc = accuracy(model, load_checkpoint_data(meta, progress=False).test)
+    return float(acc)
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Jitter for real data, per image: small affine (rotation +-10 deg, scale 0.9-1.1, shift +-2 px,
     edges replicated) and photometric (gamma, contrast, brightness), the nuisances of roadside photos."""

@@ -205,3 +205,41 @@ def test_pgd_adversarial_training_is_more_robust_than_plain_training(tmp_path):
         adv = PGD(model, eps=0.06, alpha=0.02, steps=5)(torch.from_numpy(data.test.x), torch.from_numpy(data.test.y))
         robust[name] = float((adv.info["pred_adv"] == data.test.y).mean())
     assert robust["at"] > robust["plain"] + 0.25, robust
+
+
+def test_legit_accuracy_is_measured_when_the_checkpoint_has_none_or_recorded_it_on_other_data(tmp_path):
+    """A run's last.json records no test accuracy, and a run trained on a copy of the dataset recorded the
+    copy's: the sweep measures those on the model's own test split; a matching record is used as is."""
+    import shutil
+
+    from train.checkpoint import load_checkpoint
+    from train.data.datasets import load_checkpoint_data
+
+    r = Recipe(name="tiny", data=DataConfig(train_per_class=4, test_per_class=3),
+               model=ModelConfig(name="lisa_cnn_tiny"), optim=OptimConfig(epochs=2, batch_size=32, lr=3e-3))
+    train(r, tmp_path / "run", progress=False)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    sidecar = tmp_path / "copy" / "model.json"
+    meta = json.loads(sidecar.read_text())
+    meta["metrics"]["test_acc"], meta["data_hash"] = 0.123, "another copy of the data"
+    sidecar.write_text(json.dumps(meta))
+    cfg = {"name": "legit", "views": {"train": 2, "heldout": 2},
+           "models": {"run": str(tmp_path / "run"), "last": str(tmp_path / "run" / "last.json"),
+                      "copy": str(tmp_path / "copy")},
+           "attacks": [{"name": "fgsm_test", "kind": "fgsm", "eps": 0.01, "images": "test", "n": 8,
+                        "models": ["run", "copy"]},
+                       {"name": "fgsm_views", "kind": "fgsm", "eps": 0.01}]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    res = run_sweep(load_sweep(tmp_path / "sweep.yaml"), tmp_path / "out", progress=False)
+    legit = {(a, row["model"]): row["legit_acc"] for a, rows in res["attacks"].items() for row in rows}
+
+    def measured(path):
+        model, meta = load_checkpoint(path)
+        test = load_checkpoint_data(meta, progress=False).test
+        return float((model(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean())
+
+    recorded = json.loads((tmp_path / "run" / "model.json").read_text())["metrics"]["test_acc"]
+    assert legit[("fgsm_test", "run")] == legit[("fgsm_views", "run")] == recorded
+    assert legit[("fgsm_views", "last")] == pytest.approx(measured(tmp_path / "run" / "last.json"))
+    assert legit[("fgsm_test", "copy")] == legit[("fgsm_views", "copy")] == pytest.approx(measured(tmp_path / "copy"))
+    assert legit[("fgsm_views", "copy")] != 0.123

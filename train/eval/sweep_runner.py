@@ -28,7 +28,7 @@ from edge.fileio import atomic_write_json, atomic_write_text
 
 from ..checkpoint import load_checkpoint, read_sidecar
 from ..data.classes import LISA_CLASSES, LISA_INDEX
-from ..data.datasets import Split, load_checkpoint_data
+from ..data.datasets import DataBundle, load_checkpoint_data
 from . import metrics
 from .sweep_config import AttackEntry, SweepConfig, load_sweep
 from .sweep_report import plot, to_csv, to_markdown
@@ -136,7 +136,10 @@ class Runner:
         self.heldout = render_views(cls, v.heldout, v.heldout_seed)
         self.class_id = cls
         self._models: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
-        self._tests: dict[str, Split] = {}  # test split per (data, preprocess) recipe; each attack draws its n
+        self._data: dict[str, DataBundle] = {}  # per (data, preprocess) recipe; each test-image attack draws its n
+        self._legit: dict[str, float] = {}
+        # models scored on their own test split: their recorded accuracy is checked against the data loaded here
+        self._on_test = {m for a, m in cells_of(cfg) if a.images == "test"}
         self._rp2: dict[str, tuple[Any, dict[str, Any]]] = {}  # (RP2Result, held-out evaluation) per setting
 
     def model(self, label: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -147,11 +150,29 @@ class Runner:
     def images(self, a: AttackEntry, meta: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         if a.images == "views":
             return self.heldout.x, torch.full((len(self.heldout),), self.class_id, dtype=torch.long)
-        key = json.dumps([meta["recipe"]["data"], meta["preprocess"]], sort_keys=True)
-        if key not in self._tests:  # models trained on other data are scored on their own test split
-            self._tests[key] = load_checkpoint_data(meta, progress=self.progress).test
-        s = self._tests[key].sample(a.n, self.cfg.seed)
+        s = self.data(meta).test.sample(a.n, self.cfg.seed)  # each model on its own test split
         return torch.from_numpy(s.x), torch.from_numpy(s.y).long()
+
+    def data(self, meta: dict[str, Any]) -> DataBundle:
+        key = json.dumps([meta["recipe"]["data"], meta["preprocess"]], sort_keys=True)
+        if key not in self._data:
+            self._data[key] = load_checkpoint_data(meta, progress=self.progress)
+        return self._data[key]
+
+    def legit_acc(self, label: str) -> float:
+        """The model's clean accuracy on its whole test split: the one its checkpoint recorded, or measured here
+        when it recorded none (a run's ``last.json``) or -- for a model this sweep scores on its test split --
+        recorded it on other data (``data_hash``: a run trained on a copy of the dataset).  The same for every
+        cell of the model, whatever the order the cells run or load in."""
+        if label not in self._legit:
+            model, meta = self.model(label)
+            acc = meta.get("metrics", {}).get("test_acc")
+            if acc is None or (label in self._on_test and self.data(meta).data_hash != meta.get("data_hash")):
+                from ..trainer import accuracy
+
+                acc = accuracy(model, self.data(meta).test)
+            self._legit[label] = float(acc)
+        return self._legit[label]
 
     def surrogate(self, a: AttackEntry, label: str) -> str | None:
         """What the attack differentiates instead of the model, when it does (see :func:`crafting_model`)."""
@@ -166,7 +187,7 @@ class Runner:
         if path.is_file():
             cached = json.loads(path.read_text(encoding="utf-8"))
             if cached.get("key") == key:
-                return cached["row"]
+                return self._with_legit(cached["row"], label)
         t0 = time.time()
         row = self._compute(a, label)
         if row is not None:
@@ -174,6 +195,11 @@ class Runner:
             if surrogate is not None:
                 row["attacker_view"] = surrogate
         atomic_write_json(path, {"key": key, "row": row})  # "not applicable to this model" (None) is cached too
+        return self._with_legit(row, label)
+
+    def _with_legit(self, row: dict[str, Any] | None, label: str) -> dict[str, Any] | None:
+        if row is not None and "legit_acc" in row:
+            row["legit_acc"] = self.legit_acc(label)
         return row
 
     def _compute(self, a: AttackEntry, label: str) -> dict[str, Any] | None:
