@@ -176,9 +176,19 @@ def readme(summary: Dict[str, Any], rendered: Mapping[str, Any], models: Mapping
 
 def verdict(checks: Mapping[tuple, Mapping[str, Any]]) -> str:
     """One sentence: for which (model, drive) the issue's criterion holds, else the closest miss."""
-    held = ["`%s` on `%s`" % k for k, c in checks.items() if c["holds"]]
+    held = [k for k, c in checks.items() if c["holds"]]
     if held:
-        return "**Done-when holds** for %s (point estimates; Wilson lower bounds in the table)." % ", ".join(held)
+        text = "**Done-when holds** for %s (point estimates; Wilson lower bounds in the table)." % ", ".join(
+            "`%s` on `%s`" % k for k in held)
+        # the issue words the criterion with the undefended model's sticker; say where the defense's own
+        # adaptive sticker still wins, so a pass against a transferred sticker is not read as robustness
+        for m in dict.fromkeys(m for m, d in held if not d.startswith("adaptive_")):
+            c = checks.get((m, "adaptive_" + m))
+            if c is not None and not c["holds"]:
+                text += ("  Against its own adaptive sticker `%s` reads stop in %s of frames (baseline fooled in %s): "
+                         "it does not hold against an attacker who knows the defense." % (
+                             m, pct(c["defended_reads_stop"]), pct(c["undefended_fooled"])))
+        return text
     if not checks:
         return "No defended bundle ran on a stickered drive."
     (m, d), c = max(checks.items(), key=lambda kv: kv[1]["defended_reads_stop"])

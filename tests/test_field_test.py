@@ -79,6 +79,12 @@ def test_done_when_needs_both_the_fooled_baseline_and_the_defended_reading_stop(
     assert "holds** for `doa` on `d1`" in verdict({("doa", "d1"): c, ("cs", "d1"): done_when(fooled, fails)})
     miss = verdict({("doa", "d1"): done_when(weak, fails), ("cs", "d2"): done_when(fooled, fails)})
     assert "does not hold" in miss and "`doa` on `d1` reads stop in 90.0%" in miss and "5.0 points short" in miss
+    # a pass against the undefended model's sticker names the defense's own adaptive sticker when that one wins
+    bad = _metrics(tmp_path, "def_fooled", ["yield"] * 20)
+    both = verdict({("dd", "sticker_baseline"): c, ("dd", "adaptive_dd"): done_when(fooled, bad)})
+    assert "holds** for `dd` on `sticker_baseline`" in both
+    assert "Against its own adaptive sticker `dd` reads stop in 0.0% of frames (baseline fooled in 85.0%)" in both
+    assert "adaptive" not in verdict({("dd", "sticker_baseline"): c, ("dd", "adaptive_dd"): c}).split("table).")[1]
 
 
 def _sticker(folder: Path, target: str) -> Path:
