@@ -134,5 +134,8 @@ def test_test_accuracy_is_the_record_or_measured_on_the_checkpoints_own_test_spl
     assert "test_acc" not in meta["metrics"]
     assert test_accuracy(model, meta) == accuracy(model, load_checkpoint_data(meta, progress=False).test)
     model, meta = load_checkpoint(tmp_path)
-    meta["metrics"]["test_acc"] = 0.5  # a record is used as it is
-    assert test_accuracy(model, meta) == 0.5
+    meta["metrics"]["test_acc"] = 0.5  # a record is used as it is, unless measured on other data
+    data = load_checkpoint_data(meta, progress=False)
+    assert test_accuracy(model, meta) == test_accuracy(model, meta, data) == 0.5
+    other = dataclasses.replace(data, data_hash="a copy of the data")
+    assert test_accuracy(model, meta, other) == accuracy(model, data.test)

@@ -46,7 +46,7 @@ from .checkpoint import (
     save_train_state,
 )
 from .config import Recipe
-from .data.datasets import DataBundle, Split, load_data
+from .data.datasets import DataBundle, Split, load_checkpoint_data, load_data
 from .defenses import DefenseStack, Step, classifier_of
 from .models import create_model
 from .progress import progress as progress_bar
@@ -67,14 +67,13 @@ def accuracy(model: nn.Module, split: Split, device: str | torch.device = "cpu")
     return float((predict(model, split.x, device=device) == split.y).mean()) if len(split) else float("nan")
 
 
-def test_accuracy(model: nn.Module, meta: dict[str, Any]) -> float:
-    """A checkpoint's recorded test accuracy, or -- when it has none (a run's ``last.json``) -- measured on its own
-    test split (rebuilt from its recipe)."""
+def test_accuracy(model: nn.Module, meta: dict[str, Any], data: DataBundle | None = None) -> float:
+    """A checkpoint's recorded test accuracy, or measured on its own test split (rebuilt from its recipe, or
+    ``data`` when the caller has it) when it recorded none (a run's ``last.json``) or when ``data`` is not the
+    data the record was measured on (``data_hash``: a run trained on a copy of the dataset)."""
     acc = meta.get("metrics", {}).get("test_acc")
-    if acc is None:
-        from .data.datasets import load_checkpoint_data
-
-        acc = accuracy(model, load_checkpoint_data(meta, progress=False).test)
+    if acc is None or (data is not None and data.data_hash != meta.get("data_hash")):
+        acc = accuracy(model, (data or load_checkpoint_data(meta, progress=False)).test)
     return float(acc)
 
 

@@ -165,13 +165,10 @@ class Runner:
         recorded it on other data (``data_hash``: a run trained on a copy of the dataset).  The same for every
         cell of the model, whatever the order the cells run or load in."""
         if label not in self._legit:
-            model, meta = self.model(label)
-            acc = meta.get("metrics", {}).get("test_acc")
-            if acc is None or (label in self._on_test and self.data(meta).data_hash != meta.get("data_hash")):
-                from ..trainer import accuracy
+            from ..trainer import test_accuracy
 
-                acc = accuracy(model, self.data(meta).test)
-            self._legit[label] = float(acc)
+            model, meta = self.model(label)
+            self._legit[label] = test_accuracy(model, meta, self.data(meta) if label in self._on_test else None)
         return self._legit[label]
 
     def surrogate(self, a: AttackEntry, label: str) -> str | None:
