@@ -48,6 +48,7 @@ def read_jobs(path: Path) -> list[tuple[list[str], Path]]:
 
 def run_all(jobs: list[tuple[list[str], Path]], deadline_s: float, threads: int) -> list[dict]:
     """Start every job, wait for all of them or the deadline (then SIGTERM, and SIGKILL 15 s later)."""
+    # NVIDIA_TF32_OVERRIDE=0: float32 convolutions as on a CPU (no TF32), so a GPU run trains the same recipe
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "NVIDIA_TF32_OVERRIDE": "0"}
     procs, t0 = [], time.time()
     for argv, run_dir in jobs:
