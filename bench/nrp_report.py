@@ -321,6 +321,11 @@ def markdown(results, clean, rows, layers, train_logs, device, through) -> str:
     return "\n".join(lines + device)
 
 
+def let_through(x: torch.Tensor, x_adv: torch.Tensor, px: torch.Tensor, pa: torch.Tensor) -> float:
+    """Mean share of a perturbation a purifier lets through, ``||P(x') - P(x)|| / ||x' - x||`` (1 = untouched)."""
+    return float(((pa - px).flatten(1).norm(dim=1) / (x_adv - x).flatten(1).norm(dim=1)).mean())
+
+
 def passthrough(cfg, n: int = 200) -> dict[str, dict[str, float]]:
     """How much of a perturbation each purifier lets through on the baseline's test images:
     ``||P(x') - P(x)||_2 / ||x' - x||_2`` for PGD 16/255 made on the bare classifier and for SSP 16/255 (1 =
@@ -359,8 +364,7 @@ def passthrough(cfg, n: int = 200) -> dict[str, dict[str, float]]:
             px = pur(x)
             for a, xa in advs.items():
                 pa = pur(xa)
-                out.setdefault(name, {})[a] = float(((pa - px).flatten(1).norm(dim=1)
-                                                     / (xa - x).flatten(1).norm(dim=1)).mean())
+                out.setdefault(name, {})[a] = let_through(x, xa, px, pa)
                 out[name][f"{a}_psnr"], out[name][f"{a}_psnr_purified"] = psnr(xa), psnr(pa)
     return out
 

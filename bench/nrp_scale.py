@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from nrp_report import CLASSIFIERS, ROOT  # bench/: the script's own folder; the report's evaluated classifiers
+from nrp_report import CLASSIFIERS, ROOT, let_through  # bench/ (the script folder): the report's classifiers
 
 from edge.fileio import atomic_write_json, atomic_write_text
 from train.attacks.pgd import PGD
@@ -32,9 +32,8 @@ from train.data.datasets import load_checkpoint_data
 from train.defenses.nrp import load_purifier
 
 
-def training_of(run: Path) -> dict:
+def training_of(run: Path, pur: torch.nn.Module, meta: dict) -> dict:
     """Size and training length of a purifier run: parameters, steps, batch, SSP steps, epochs."""
-    pur, meta = load_purifier(run)
     rec = meta["recipe"]
     last = json.loads((run / "log.jsonl").read_text(encoding="utf-8").splitlines()[-1])
     return {"params": sum(p.numel() for p in pur.parameters()), "architecture": meta["architecture"],
@@ -48,8 +47,10 @@ def _acc(clf: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def measure(purifiers: dict[str, str], n: int, seed: int) -> dict:
-    out: dict = {"training": {k: training_of(ROOT / v) for k, v in purifiers.items()}, "cells": []}
-    pur = {k: load_purifier(ROOT / v)[0] for k, v in purifiers.items()}
+    loaded = {k: load_purifier(ROOT / v) for k, v in purifiers.items()}
+    out: dict = {"training": {k: training_of(ROOT / purifiers[k], p, m) for k, (p, m) in loaded.items()},
+                 "cells": []}
+    pur = {k: p for k, (p, _) in loaded.items()}
     for label, path in CLASSIFIERS.items():
         clf, meta = load_checkpoint(ROOT / path)
         t = load_checkpoint_data(meta, progress=False).test.sample(n, seed)
@@ -59,10 +60,10 @@ def measure(purifiers: dict[str, str], n: int, seed: int) -> dict:
             clean, bare = _acc(clf, x, y), _acc(clf, xa, y)
             for name, p in pur.items():
                 px, pa = p(x), p(xa)
-                through = float(((pa - px).flatten(1).norm(dim=1) / (xa - x).flatten(1).norm(dim=1)).mean())
+                adv = _acc(clf, pa, y)
                 out["cells"].append({"classifier": label, "purifier": name, "clean_bare": clean,
-                                     "clean": _acc(clf, px, y), "pgd16_bare": bare, "pgd16": _acc(clf, pa, y),
-                                     "restored": _acc(clf, pa, y) / clean, "let_through": through, "n": n})
+                                     "clean": _acc(clf, px, y), "pgd16_bare": bare, "pgd16": adv,
+                                     "restored": adv / clean, "let_through": let_through(x, xa, px, pa), "n": n})
     return out
 
 
