@@ -37,14 +37,14 @@ def _rate(report: Mapping[str, Any], backend: str, precision: str, key: str) -> 
     return None if row is None else row[key]
 
 
-def int8_report(specs: List[Any], ver: Dict[str, Any], chosen: Mapping[str, str], root: Path) -> str:
+def int8_report(specs: List[Any], ver: Dict[str, Any], chosen: Mapping[str, str], root: Path, command: str) -> str:
     names, res = ver["names"], ver["verify"]
     models = list(res)
     made = {s.folder: json.loads((root / s.folder / "sticker.json").read_text())["meta"] for s in specs}
     md = ["# Sticker robustness on the deployed bundles: FP32 vs INT8 (onnxruntime)", "",
-          "Regenerate: `python bench/field_test.py` (exports the bundles, makes or reuses the stickers, runs "
-          "`signguard verify` per bundle, then the drive-by of `reports/field_test/`).  Each table column alone: "
-          "its `signguard verify` command under [verify/](verify/).", "",
+          "Regenerate: `%s` (exports the bundles, makes or reuses the stickers, runs "
+          "`signguard verify` per bundle, then the drive-by).  Each table column alone: "
+          "its `signguard verify` command under [verify/](verify/)." % command, "",
           "Each sticker is read back from its printed PNG (`sticker.png`, hash-checked) and re-rendered onto 40 "
           "fresh poses of the stop sign (seed 1000) that neither the optimisation (seed 1) nor the held-out score "
           "when made (seed 2) used; clean accuracy is on %d held-out test images of the synthetic LISA-18 split.  "
@@ -107,13 +107,14 @@ def readme(summary: Dict[str, Any], rendered: Mapping[str, Any], models: Mapping
     defended = [m for m in models if m != undef]
     md = ["# Field test (simulated): the demo's stop-sign drive-by on the INT8 bundles, with each model's "
           "strongest sticker", "",
-          "Regenerate everything: `python bench/field_test.py` (exports FP32 + INT8 bundles, makes or reuses the "
-          "stickers, scores them with `signguard verify` -> `reports/sticker_robustness/int8/`, renders the drives, "
+          "Regenerate everything: `%s` (exports FP32 + INT8 bundles, makes or reuses the "
+          "stickers, scores them with `signguard verify` -> [the INT8 sticker table](%s), renders the drives, "
           "runs `signguard run --precision P --log` per drive, model and precision, then `signguard field-report`).  "
           "Wall time at one thread on a shared 2-core machine: this run %d s, reusing cached bundles and stickers; "
           "from scratch add ~6 min of exports and %d s of sticker optimisation (the sum over the stickers' "
           "sidecars).  Each comparison alone: its command below (the frame logs and the ground-truth CSV are "
-          "committed in `logs/`)." % (summary["wall_s"], summary["sticker_s"]), "",
+          "committed in `logs/`)." % (summary["command"], summary["int8_report"], summary["wall_s"],
+                                       summary["sticker_s"]), "",
           "Setup: models %s, each exported to an ONNX bundle with FP32 and INT8 graphs (onnxruntime CPU); "
           "drive-by = the demo's (`signguard demo`: stop sign, %d frames, 640x360, seed %d; the sign grows from "
           "~20 to ~150 px wide, motion blur in the second half); a sticker is read from its printed PNG and pasted "
@@ -121,8 +122,9 @@ def readme(summary: Dict[str, Any], rendered: Mapping[str, Any], models: Mapping
           "nearest-neighbour as printed; every drive has the same frames and boxes, only the sticker differs.  "
           "Stickers: the strongest of two candidates per model (white-box and low-frequency RP2, each made through "
           "the model's attacker view and picked by INT8 success on 40 fresh poses, never on this drive; see "
-          "[the INT8 sticker table](../sticker_robustness/int8/report.md))." % (
-              ", ".join("`%s` (`%s`)" % kv for kv in models.items()), drive["n_frames"], drive["seed"]), ""]
+          "[the INT8 sticker table](%s))." % (
+              ", ".join("`%s` (`%s`)" % kv for kv in models.items()), drive["n_frames"], drive["seed"],
+              summary["int8_report"]), ""]
     md += ["## Headline: share of frames read as stop (INT8, Wilson 95% CI)", "",
            "| defended bundle | drive | undefended `baseline` reads stop | defended reads stop | gate fired "
            "| done-when (baseline fooled >= 80%, defended reads stop >= 95%) |", "|---|---|---|---|---|---|"]

@@ -39,24 +39,28 @@ from train.trainer import predict, test_accuracy
 OUT = "reports/sticker_robustness"
 
 
-def rp2_cell(model, attack_model, train_views, heldout, targets, steps, dct_dim, seed, meta) -> dict:
+def rp2_cell(model, attack_model, train_views, heldout, label, targets, steps, dct_dim, seed, meta) -> dict:
     """RP2 stickers made on ``attack_model`` for every target, scored on ``model`` (the sweep's RP2 row)."""
     res = RP2(attack_model, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct_dim)(
         train_views, targets, seed=seed)
-    row = rp2_row(evaluate_stickers(model, heldout, res), meta)
+    row = rp2_row(evaluate_stickers(model, heldout, res, label=label), meta)
     return {k: row[k] for k in ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")}
 
 
 def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldout) -> dict:
     model, meta = load_checkpoint(path)
     attack_model = attacker_view(model)
-    stop = LISA_INDEX[args.sign]
-    targets = [c for c in range(len(LISA_CLASSES)) if c != stop]
-    row = {"model": label, "defense": meta["defense"], "test_acc": test_accuracy(model, meta)}
+    classes = list(meta.get("classes") or LISA_CLASSES)
+    if args.sign not in classes:
+        raise SystemExit(f"{path}: the model has no class {args.sign!r} to attack (its classes: {classes})")
+    stop = classes.index(args.sign)  # the rendered LISA-18 sign, in the model's label space (GTSRB-32: 14)
+    targets = [c for c in range(len(classes)) if c != stop]
+    row = {"model": label, "defense": meta["defense"], "test_acc": test_accuracy(model, meta),
+           "data": meta["recipe"]["data"]["kind"], "n_classes": len(classes)}
     t0 = time.time()
-    row["rp2_whitebox"] = rp2_cell(model, attack_model, train_views, heldout, targets, args.steps, 0, args.seed, meta)
-    row["rp2_lowfreq"] = rp2_cell(model, attack_model, train_views, heldout, targets, args.steps, 16, args.seed,
-                                  meta)
+    for key, dct_dim in (("rp2_whitebox", 0), ("rp2_lowfreq", 16)):
+        row[key] = rp2_cell(model, attack_model, train_views, heldout, stop, targets, args.steps, dct_dim, args.seed,
+                            meta)
     y = torch.full((len(heldout),), stop, dtype=torch.long)
     x_roa = ROA(attack_model, height=7, width=7, stride=2, search="gradient", steps=30).generate(heldout.x, y)
     clean = predict(model, heldout.x)
@@ -79,17 +83,18 @@ def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldo
 
 
 def to_markdown(rows: list[dict], args: argparse.Namespace, wall: float) -> str:
-    out = ["# Sticker robustness on the synthetic stop sign", "",
+    out = [f"# Sticker robustness on the synthetic {args.sign} sign", "",
            f"Regenerate: `python bench/sticker_robustness.py {' '.join('--model ' + m for m in args.model)} "
            f"--steps {args.steps} --views {args.views} --heldout {args.heldout}"
            f"{'' if args.out == OUT else ' --out ' + args.out}`.  Sign: {args.sign}; RP2 optimised "
-           f"on {args.views} poses (seed 1), scored on {args.heldout} held-out poses (seed 2), all 17 targets, "
+           f"on {args.views} poses (seed 1), scored on {args.heldout} held-out poses (seed 2), every other class "
+           f"of the model as a target (17 for LISA-18, 42 for GTSRB-32), "
            f"{args.steps} Adam steps, two-bar mask, lambda 0.002; low-frequency = DCT k=16 (BlurNet Eq. 8).  ROA: 7x7, "
            f"gradient search (top 5, stride 2), 30 steps of 4/255, untargeted, on the clean held-out views.  "
            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; wall {wall:.0f} s.",
-           "", "| model | defense | test acc | RP2 avg / worst targeted | RP2 untargeted | low-freq RP2 avg / worst "
-           "| low-freq untargeted | ROA 7x7 untargeted | certified (held-out views) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "", "| model | data | defense | test acc | RP2 avg / worst targeted | RP2 untargeted "
+           "| low-freq RP2 avg / worst | low-freq untargeted | ROA 7x7 untargeted | certified (held-out views) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
 
     def pct(v):
         return f"{100 * v:.1f}%"
@@ -98,8 +103,9 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, wall: float) -> str:
         w, lf = r["rp2_whitebox"], r["rp2_lowfreq"]
         cert = f"{pct(r['certified_view_acc'])} ({r['certified_patch']}-px patch)" if "certified_view_acc" in r else "-"
         kind = DefenseStack.from_config(r["defense"]).kind
-        out.append(f"| {r['model']} | {kind} | {pct(r['test_acc'])} | {pct(w['avg_asr'])} / {pct(w['worst_asr'])} "
-                   f"| {pct(w['avg_untargeted_asr'])} | {pct(lf['avg_asr'])} / {pct(lf['worst_asr'])} "
+        out.append(f"| {r['model']} | {r['data']} | {kind} | {pct(r['test_acc'])} "
+                   f"| {pct(w['avg_asr'])} / {pct(w['worst_asr'])} | {pct(w['avg_untargeted_asr'])} "
+                   f"| {pct(lf['avg_asr'])} / {pct(lf['worst_asr'])} "
                    f"| {pct(lf['avg_untargeted_asr'])} | {pct(r['roa_7x7']['untargeted_asr'])} | {cert} |")
     out += ["", "Attacks on the column-smoothing model optimise the mean softmax over its 32 ablations (EOT) and are "
             "scored on the vote the device runs; attacks on PatchCleanser optimise the mean softmax over its one-mask "

@@ -60,6 +60,7 @@ class RP2Result:
     train_success: np.ndarray  # (K,) targeted success on the optimisation views (differentiable composite)
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    delta: np.ndarray | None = None  # (K, 3, R, R) the optimised variable, to warm-start a later call from
 
 
 class RP2:
@@ -117,7 +118,10 @@ class RP2:
             d = lowpass_dct(d, self.dct_dim) * sign
         return (face + d).clamp(0.0, 1.0) - face
 
-    def __call__(self, views: SignViews, targets: Sequence[int], seed: int = 0) -> RP2Result:
+    def __call__(self, views: SignViews, targets: Sequence[int], seed: int = 0,
+                 init: torch.Tensor | None = None) -> RP2Result:
+        """Stickers for ``targets`` on ``views``; ``init`` (K, 3, R, R) warm-starts the optimised variable from an
+        earlier result's ``delta`` (a persistent attacker across calls), else it starts near zero."""
         from ..progress import progress as bar
 
         targets_t = torch.as_tensor(list(targets), dtype=torch.long)
@@ -130,7 +134,12 @@ class RP2:
         sticker = torch.from_numpy(sticker_region(self.mask, views.class_id, self.res))
         sign = torch.from_numpy(sticker_region("sign", views.class_id, self.res))
         region = sign if self.dct_dim else sticker
-        delta = (0.01 * torch.randn(k, 3, self.res, self.res, generator=gen)).requires_grad_(True)
+        start = 0.01 * torch.randn(k, 3, self.res, self.res, generator=gen)
+        if init is not None:
+            if init.shape != start.shape:
+                raise SignguardError(f"rp2: init must have shape {tuple(start.shape)}, got {tuple(init.shape)}")
+            start = init.detach().clone().float()
+        delta = start.requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=self.lr)
         tgt = targets_t.repeat_interleave(v)
         s = views.x.shape[1:]
@@ -171,7 +180,8 @@ class RP2:
                 xa = apply_perturbation(views, d, region).reshape(k * n_views, *s)
                 succ = (self.model(xa).argmax(1) == targets_t.repeat_interleave(n_views))
                 succ = succ.view(k, n_views).float().mean(1).numpy()
-        return RP2Result(targets_t.numpy(), colors.astype(np.float32), region.numpy(), succ, history, self.config())
+        return RP2Result(targets_t.numpy(), colors.astype(np.float32), region.numpy(), succ, history, self.config(),
+                         delta.detach().numpy().copy())
 
 
 @torch.no_grad()

@@ -88,6 +88,12 @@ class SignViews:
     def __len__(self) -> int:
         return len(self.x)
 
+    def subset(self, idx: torch.Tensor) -> SignViews:
+        """The views at ``idx`` (a 1-D index tensor), e.g. a random few of a rendered pool."""
+        keep = [int(i) for i in idx]
+        return SignViews(self.class_id, self.x[idx], self.grid[idx], self.gain[idx], [self.poses[i] for i in keep],
+                         self.render_cfg, self.preprocess_cfg)
+
 
 def _grid(h_tmpl_to_input: np.ndarray, size: int) -> np.ndarray:
     inv = np.linalg.inv(h_tmpl_to_input)

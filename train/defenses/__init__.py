@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (registration)
     patchcleanser,
     prn,
     smoothing,
+    sticker_training,
 )
 from .base import (
     DefendedModel,
