@@ -8,6 +8,10 @@ Each defense is attacked as an attacker who knows it would: plain models directl
 through its expectation over all 32 ablations (:class:`train.defenses.smoothing.SoftVote`, EOT), each attack
 then scored on the real vote.  RP2 optimises on ``--views`` poses and is scored by re-rendering
 ``--heldout`` other poses with the sticker painted on the sign; ROA runs on the clean held-out views.
+
+Each model's row is kept in ``<out>/rows/<label>.json`` with the weights' hash and the attack settings, and
+reused while both match: a model's 300-step row costs minutes, so rows can be computed by parallel runs (one
+``--model`` each) and the table assembled by a last run naming them all.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from train.attacks.adaptive_view import attacker_view
 from train.attacks.roa import ROA
 from train.attacks.rp2 import RP2, evaluate_stickers
 from train.attacks.views import render_views
-from train.checkpoint import load_checkpoint
+from train.checkpoint import load_checkpoint, read_sidecar
 from train.data.classes import LISA_CLASSES, LISA_INDEX
 from train.defenses import DefenseStack
 from train.defenses.patchcleanser import PatchCleanser
@@ -37,6 +42,7 @@ from train.eval.sweep_runner import rp2_row
 from train.trainer import predict, test_accuracy
 
 OUT = "reports/sticker_robustness"
+ATTACK_ARGS = ("sign", "views", "heldout", "steps", "seed")  # the settings a cached row was measured with
 
 
 def rp2_cell(model, attack_model, train_views, heldout, label, targets, steps, dct_dim, seed, meta) -> dict:
@@ -79,6 +85,23 @@ def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldo
         row["certified_patch"] = f"{model.patch}x{model.patch}"
     row["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(row), flush=True)
+    return row
+
+
+def cached_row(label: str, path: str, args: argparse.Namespace, train_views, heldout, rows_dir: Path) -> dict:
+    """The model's row from ``rows_dir`` when it was measured on these weights with these settings, else
+    measured now and written there (atomically, so an interrupted table keeps the rows it finished)."""
+    key = {"weights_sha256": read_sidecar(path)[1].get("weights_sha256"), **{a: getattr(args, a) for a in ATTACK_ARGS}}
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+        raise SystemExit(f"--model {label}={path}: the label names a file; use letters, digits, '_', '.', '-'")
+    file = rows_dir / f"{label}.json"
+    if file.is_file():
+        saved = json.loads(file.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            print(f"{label}: reusing {file} (same weights and attack settings)", flush=True)
+            return saved["row"]
+    row = evaluate(label, path, args, train_views, heldout)
+    atomic_write_json(file, {"key": key, "row": row})
     return row
 
 
@@ -127,8 +150,8 @@ def main() -> None:
     t0 = time.time()
     cls = LISA_INDEX[args.sign]
     train_views, heldout = render_views(cls, args.views, 1), render_views(cls, args.heldout, 2)
-    rows = [evaluate(*m.split("=", 1), args, train_views, heldout) for m in args.model]
     out = Path(args.out)
+    rows = [cached_row(*m.split("=", 1), args, train_views, heldout, out / "rows") for m in args.model]
     atomic_write_json(out / "results.json", {"rows": rows, "args": vars(args)})
     atomic_write_text(out / "report.md", to_markdown(rows, args, time.time() - t0))
 

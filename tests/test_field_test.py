@@ -105,3 +105,33 @@ def test_verify_names_stickers_that_share_a_target_apart(tmp_path: Path) -> None
     same = _sticker(tmp_path / "d" / "base__whitebox", "yield")
     with pytest.raises(SignguardError, match="same sign, target and folder name"):
         sticker_names([a, same])
+
+
+def test_sticker_robustness_reuses_a_row_only_for_the_same_weights_and_settings(tmp_path, monkeypatch):
+    """A 300-step row costs minutes: bench/sticker_robustness.py keeps it per model, keyed by the weights' hash and
+    the attack settings, so parallel one-model runs can be assembled into one table without recomputing."""
+    import argparse
+
+    import torch
+
+    from bench import sticker_robustness as sr
+    from train.checkpoint import save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    meta = {"architecture": {"name": "lisa_cnn_tiny", "options": {}}, "classes": ["a"]}
+    save_checkpoint(tmp_path / "run" / "model", model, meta)
+    measured = []
+    monkeypatch.setattr(sr, "evaluate", lambda label, path, args, tv, ho: measured.append(args.steps) or
+                        {"model": label, "steps": args.steps})
+    args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0)
+    rows = tmp_path / "out" / "rows"
+    first = sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows)
+    assert sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows) == first and measured == [300]
+    args.steps = 60  # other settings: measured again
+    assert sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows)["steps"] == 60 and measured == [300, 60]
+    model.weight.data += 1  # retrained weights: measured again
+    save_checkpoint(tmp_path / "run" / "model", model, meta)
+    sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows)
+    assert measured == [300, 60, 60]
+    with pytest.raises(SystemExit, match="the label names a file"):
+        sr.cached_row("../m", str(tmp_path / "run"), args, None, None, rows)
