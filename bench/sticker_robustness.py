@@ -17,6 +17,7 @@ reused while both match: a model's 300-step row costs minutes, so rows can be co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -24,20 +25,24 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from edge.fileio import atomic_write_json, atomic_write_text
+from edge.fileio import atomic_write_json, atomic_write_text, sha256_file
+from edge.manifest import MANIFEST_NAME
 from train.attacks.adaptive_view import attacker_view
 from train.attacks.roa import ROA
 from train.attacks.rp2 import RP2, evaluate_stickers
 from train.attacks.views import render_views
 from train.checkpoint import load_checkpoint, read_sidecar
 from train.data.classes import LISA_CLASSES, LISA_INDEX
+from train.data.datasets import load_checkpoint_data
 from train.defenses import DefenseStack
 from train.defenses.patchcleanser import PatchCleanser
 from train.defenses.patchcleanser import certified as certified_double_masking
 from train.defenses.smoothing import SmoothedClassifier, certified
 from train.eval import metrics
+from train.eval.artifact import BundleClassifier
 from train.eval.sweep_runner import rp2_row
 from train.trainer import predict, test_accuracy
 
@@ -45,12 +50,21 @@ OUT = "reports/sticker_robustness"
 ATTACK_ARGS = ("sign", "views", "heldout", "steps", "seed")  # the settings a cached row was measured with
 
 
-def rp2_cell(model, attack_model, train_views, heldout, label, targets, steps, dct_dim, seed, meta) -> dict:
-    """RP2 stickers made on ``attack_model`` for every target, scored on ``model`` (the sweep's RP2 row)."""
+RP2_KEYS = ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")
+
+
+def rp2_cell(model, attack_model, train_views, heldout, label, targets, steps, dct_dim, seed, meta,
+             deployed=None) -> tuple[dict, dict | None]:
+    """RP2 stickers made on ``attack_model`` for every target, scored on ``model`` (the sweep's RP2 row) and,
+    with their colours rounded to the printed PNG's 8 bits, on the ``deployed`` graph."""
     res = RP2(attack_model, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct_dim)(
         train_views, targets, seed=seed)
     row = rp2_row(evaluate_stickers(model, heldout, res, label=label), meta)
-    return {k: row[k] for k in ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")}
+    if deployed is None:
+        return {k: row[k] for k in RP2_KEYS}, None
+    printed = dataclasses.replace(res, stickers=np.round(res.stickers * 255.0) / 255.0)
+    dep = rp2_row(evaluate_stickers(deployed, heldout, printed, label=label), meta)
+    return {k: row[k] for k in RP2_KEYS}, {k: dep[k] for k in RP2_KEYS}
 
 
 def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldout) -> dict:
@@ -63,15 +77,23 @@ def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldo
     targets = [c for c in range(len(classes)) if c != stop]
     row = {"model": label, "defense": meta["defense"], "test_acc": test_accuracy(model, meta),
            "data": meta["recipe"]["data"]["kind"], "n_classes": len(classes)}
+    bundle = dict(b.split("=", 1) for b in args.bundle).get(label)
+    deployed = None if bundle is None else BundleClassifier(bundle, "int8")
+    if deployed is not None:
+        test = load_checkpoint_data(meta, progress=False).test
+        row["int8"] = {"bundle": bundle, "test_acc": float(np.mean(predict(deployed, test.x) == np.asarray(test.y)))}
     t0 = time.time()
     for key, dct_dim in (("rp2_whitebox", 0), ("rp2_lowfreq", 16)):
-        row[key] = rp2_cell(model, attack_model, train_views, heldout, stop, targets, args.steps, dct_dim, args.seed,
-                            meta)
+        row[key], on_int8 = rp2_cell(model, attack_model, train_views, heldout, stop, targets, args.steps, dct_dim,
+                                     args.seed, meta, deployed)
+        if on_int8 is not None:
+            row["int8"][key] = on_int8
     y = torch.full((len(heldout),), stop, dtype=torch.long)
     x_roa = ROA(attack_model, height=7, width=7, stride=2, search="gradient", steps=30).generate(heldout.x, y)
-    clean = predict(model, heldout.x)
-    row["roa_7x7"] = {"clean_view_acc": metrics.accuracy(clean, y.numpy()),
-                      "untargeted_asr": metrics.attack_success_rate(clean, predict(model, x_roa))}
+    for part, m in (((row, model),) + (((row["int8"], deployed),) if deployed is not None else ())):
+        clean = predict(m, heldout.x)
+        part["roa_7x7"] = {"clean_view_acc": metrics.accuracy(clean, y.numpy()),
+                           "untargeted_asr": metrics.attack_success_rate(clean, predict(m, x_roa))}
     if isinstance(model, SmoothedClassifier):
         d = meta["defense"]
         delta = d["patch"] + d["band"] - 1
@@ -92,6 +114,9 @@ def cached_row(label: str, path: str, args: argparse.Namespace, train_views, hel
     """The model's row from ``rows_dir`` when it was measured on these weights with these settings, else
     measured now and written there (atomically, so an interrupted table keeps the rows it finished)."""
     key = {"weights_sha256": read_sidecar(path)[1].get("weights_sha256"), **{a: getattr(args, a) for a in ATTACK_ARGS}}
+    bundle = dict(b.split("=", 1) for b in args.bundle).get(label)
+    if bundle is not None:  # the deployed graph it was scored on
+        key["bundle_manifest_sha256"] = sha256_file(Path(bundle) / MANIFEST_NAME)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
         raise SystemExit(f"--model {label}={path}: the label names a file; use letters, digits, '_', '.', '-'")
     file = rows_dir / f"{label}.json"
@@ -108,6 +133,7 @@ def cached_row(label: str, path: str, args: argparse.Namespace, train_views, hel
 def to_markdown(rows: list[dict], args: argparse.Namespace, wall: float) -> str:
     out = [f"# Sticker robustness on the synthetic {args.sign} sign", "",
            f"Regenerate: `python bench/sticker_robustness.py {' '.join('--model ' + m for m in args.model)} "
+           f"{''.join('--bundle ' + b + ' ' for b in args.bundle)}"
            f"--steps {args.steps} --views {args.views} --heldout {args.heldout}"
            f"{'' if args.out == OUT else ' --out ' + args.out}`.  Sign: {args.sign}; RP2 optimised "
            f"on {args.views} poses (seed 1), scored on {args.heldout} held-out poses (seed 2), every other class "
@@ -123,23 +149,31 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, wall: float) -> str:
         return f"{100 * v:.1f}%"
 
     for r in rows:
-        w, lf = r["rp2_whitebox"], r["rp2_lowfreq"]
         cert = f"{pct(r['certified_view_acc'])} ({r['certified_patch']}-px patch)" if "certified_view_acc" in r else "-"
         kind = DefenseStack.from_config(r["defense"]).kind
-        out.append(f"| {r['model']} | {r['data']} | {kind} | {pct(r['test_acc'])} "
-                   f"| {pct(w['avg_asr'])} / {pct(w['worst_asr'])} | {pct(w['avg_untargeted_asr'])} "
-                   f"| {pct(lf['avg_asr'])} / {pct(lf['worst_asr'])} "
-                   f"| {pct(lf['avg_untargeted_asr'])} | {pct(r['roa_7x7']['untargeted_asr'])} | {cert} |")
+        for name, part in ((r["model"], r),) + (((f"{r['model']} INT8", r["int8"]),) if "int8" in r else ()):
+            w, lf = part["rp2_whitebox"], part["rp2_lowfreq"]
+            out.append(f"| {name} | {r['data']} | {kind} | {pct(part['test_acc'])} "
+                       f"| {pct(w['avg_asr'])} / {pct(w['worst_asr'])} | {pct(w['avg_untargeted_asr'])} "
+                       f"| {pct(lf['avg_asr'])} / {pct(lf['worst_asr'])} "
+                       f"| {pct(lf['avg_untargeted_asr'])} | {pct(part['roa_7x7']['untargeted_asr'])} | {cert} |")
+    deployed = [f"`{r['model']}`: `{r['int8']['bundle']}`" for r in rows if "int8" in r]
     out += ["", "Attacks on the column-smoothing model optimise the mean softmax over its 32 ablations (EOT) and are "
             "scored on the vote the device runs; attacks on PatchCleanser optimise the mean softmax over its one-mask "
-            "copies (EOT) and are scored on double masking.  These are PyTorch numbers; the INT8 bundles are not yet "
-            "measured here.", ""]
+            "copies (EOT) and are scored on double masking.  "
+            + ("Rows marked INT8 score the same stickers, their colours rounded to the printed PNG's 8 bits, and "
+               "the same ROA images on the INT8 graph of the model's bundle (onnxruntime; test accuracy on the whole "
+               "test split): " + ", ".join(deployed) + "." if deployed else
+               "These are PyTorch numbers; the INT8 bundles are not measured here (`--bundle`)."), ""]
     return "\n".join(out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", required=True, metavar="LABEL=CHECKPOINT")
+    p.add_argument("--bundle", action="append", default=[], metavar="LABEL=BUNDLE",
+                   help="also score that model's stickers and ROA on the INT8 graph of this bundle "
+                        "(signguard export --precision fp32 int8)")
     p.add_argument("--sign", default="stop")
     p.add_argument("--views", type=int, default=20)
     p.add_argument("--heldout", type=int, default=40)

@@ -123,7 +123,7 @@ def test_sticker_robustness_reuses_a_row_only_for_the_same_weights_and_settings(
     measured = []
     monkeypatch.setattr(sr, "evaluate", lambda label, path, args, tv, ho: measured.append(args.steps) or
                         {"model": label, "steps": args.steps})
-    args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0)
+    args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0, bundle=[])
     rows = tmp_path / "out" / "rows"
     first = sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows)
     assert sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows) == first and measured == [300]

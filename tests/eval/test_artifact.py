@@ -90,3 +90,19 @@ def test_bench_measures_every_precision(tmp_path, trained):
     assert acc["int8"] != acc["fp32"]
     sizes = {r["precision"]: r["size_mb"] for r in res["rows"] if r["format"] == "onnx"}
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]  # weights at 1, 2 and 4 bytes
+
+
+def test_bundle_classifier_scores_the_deployed_graph_through_the_pytorch_evaluation_code(tmp_path, trained):
+    """bench/sticker_robustness.py scores stickers on the INT8 graph with the same predict/evaluate_stickers code
+    it uses for PyTorch; the adapter must return that graph's outputs, not the PyTorch model's."""
+    from train.eval.artifact import BundleClassifier
+    from train.trainer import predict
+
+    _, model, _, data = trained
+    x = data.test.x[:48]
+    good = BundleClassifier(_bundle(tmp_path, trained, data.train.x, "good"), "int8")
+    raw = good.bundle.classify(x)
+    assert np.array_equal(good(torch.from_numpy(x)).numpy(), raw)
+    assert np.mean(predict(good, x) == predict(model, x)) >= 0.9  # a calibrated INT8 graph agrees
+    blank = BundleClassifier(_bundle(tmp_path, trained, np.zeros((8, 3, 32, 32), np.float32), "bad"), "int8")
+    assert not np.array_equal(blank(torch.from_numpy(x)).numpy(), raw)  # a different graph, other outputs

@@ -147,6 +147,19 @@ def uap_transfer(path: str | Path, x: np.ndarray) -> TransferAttack:
                                  "scored as fooling ratio")
 
 
+class BundleClassifier(nn.Module):
+    """One precision of a bundle's ONNX graph as a module returning its raw outputs, so the PyTorch evaluation
+    code (``predict``, :func:`~train.attacks.rp2.evaluate_stickers`) scores the deployed artifact unchanged.
+    Inference only: it has no gradient, attacks are made on the PyTorch model and transferred."""
+
+    def __init__(self, bundle_dir: str | Path, precision: str = "int8"):
+        super().__init__()
+        self.bundle = load_bundle(bundle_dir, precision=precision)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.bundle.classify(x.detach().cpu().numpy().astype(np.float32)))
+
+
 def verify_bundle(bundle_dir: str | Path, model: nn.Module, x: np.ndarray, y: np.ndarray,
                   attacks: Sequence[TransferAttack], margins: Margins = Margins()) -> VerifyReport:
     """Clean accuracy and transferred-attack success of PyTorch and of every ONNX precision in the bundle."""
