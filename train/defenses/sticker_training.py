@@ -32,10 +32,12 @@ model on 0% of held-out poses where 30 steps fooled it on up to 68%.
 The stickered views join the batch with the sign's true label, so the
 clean images stay in every batch (Madry-style min-max on the sticker
 threat; no printability term, so the training attacker is a superset of
-the printed one).  With both choices (``configs/rp2_at.yaml``) the
-evaluation's 300-step white-box sticker fools the model on no held-out
-pose and the low-frequency one on 8.7% on average (55% for the worst
-target), at 1.45 points of clean accuracy (reports/sticker_robustness/).
+the printed one).  With both choices, on stop and yield
+(``configs/rp2_at.yaml``), the evaluation's 300-step white-box sticker
+fools the model on no held-out stop-sign pose and the low-frequency one
+on 2.5% for the worst target, at 1.06 points of clean accuracy; the
+signs trained on matter (all 18: worst target 55%;
+reports/sticker_robustness/README.md).
 """
 
 from __future__ import annotations
