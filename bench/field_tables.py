@@ -37,7 +37,8 @@ def _rate(report: Mapping[str, Any], backend: str, precision: str, key: str) -> 
     return None if row is None else row[key]
 
 
-def int8_report(specs: List[Any], ver: Dict[str, Any], chosen: Mapping[str, str], root: Path, command: str) -> str:
+def int8_report(specs: List[Any], ver: Dict[str, Any], chosen: Mapping[str, str], root: Path, command: str,
+                drive_out: str) -> str:
     names, res = ver["names"], ver["verify"]
     models = list(res)
     made = {s.folder: json.loads((root / s.folder / "sticker.json").read_text())["meta"] for s in specs}
@@ -92,7 +93,7 @@ def int8_report(specs: List[Any], ver: Dict[str, Any], chosen: Mapping[str, str]
                for m, r in gated]
     md += ["", "## Strongest sticker per model", "",
            "Per model, the candidate with the highest INT8 targeted success on its own bundle (ties: the success "
-           "when made, then white-box first); these are the stickers of the drive-by in `reports/field_test/`.", ""]
+           "when made, then white-box first); these are the stickers of the drive-by in `%s/`." % drive_out, ""]
     md += ["- %s: `%s`" % (m, f) for m, f in chosen.items()]
     return "\n".join(md) + "\n"
 

@@ -241,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     chosen = choose(specs, ver, root)
     atomic_write_json(int8_out / "results.json", {"stickers": [s.__dict__ for s in specs], **ver, "chosen": chosen,
                                                   "command": command})
-    atomic_write_text(int8_out / "report.md", int8_report(specs, ver, chosen, root, command))
+    atomic_write_text(int8_out / "report.md", int8_report(specs, ver, chosen, root, command, args.out))
     drives = drives_of(chosen, root)
     rendered, metrics, logs, csv = run_drives(work, out, drives)
     rows = compare(out, drives, rendered, logs, csv)
