@@ -163,7 +163,8 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
             out.append(f"| {name} | {r['data']} | {kind} | {pct(part['test_acc'])} "
                        f"| {pct(w['avg_asr'])} / {pct(w['worst_asr'])} | {pct(w['avg_untargeted_asr'])} "
                        f"| {pct(lf['avg_asr'])} / {pct(lf['worst_asr'])} "
-                       f"| {pct(lf['avg_untargeted_asr'])} | {pct(part['roa_7x7']['untargeted_asr'])} | {cert} |")
+                       f"| {pct(lf['avg_untargeted_asr'])} | {pct(part['roa_7x7']['untargeted_asr'])} "
+                       f"| {cert if part is r else '-'} |")  # the certificate is computed in PyTorch
     deployed = [f"`{r['model']}`: `{r['int8']['bundle']}`" for r in rows if "int8" in r]
     out += ["", "Attacks on the column-smoothing model optimise the mean softmax over its 32 ablations (EOT) and are "
             "scored on the vote the device runs; attacks on PatchCleanser optimise the mean softmax over its one-mask "
