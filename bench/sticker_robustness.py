@@ -72,7 +72,8 @@ def data_name(data: dict) -> str:
     return Path(data["path"]).stem if data.get("path") else data["kind"]
 
 
-def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldout) -> dict:
+def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldout, bundle: str | None = None
+             ) -> dict:
     model, meta = load_checkpoint(path)
     attack_model = attacker_view(model)
     classes = list(meta.get("classes") or LISA_CLASSES)
@@ -82,7 +83,6 @@ def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldo
     targets = [c for c in range(len(classes)) if c != stop]
     row = {"model": label, "defense": meta["defense"], "test_acc": test_accuracy(model, meta),
            "data": data_name(meta["recipe"]["data"]), "n_classes": len(classes)}
-    bundle = dict(b.split("=", 1) for b in args.bundle).get(label)
     deployed = None if bundle is None else BundleClassifier(bundle, "int8")
     if deployed is not None:
         test = load_checkpoint_data(meta, progress=False).test
@@ -115,11 +115,11 @@ def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldo
     return row
 
 
-def cached_row(label: str, path: str, args: argparse.Namespace, train_views, heldout, rows_dir: Path) -> dict:
+def cached_row(label: str, path: str, args: argparse.Namespace, train_views, heldout, rows_dir: Path,
+               bundle: str | None = None) -> dict:
     """The model's row from ``rows_dir`` when it was measured on these weights with these settings, else
     measured now and written there (atomically, so an interrupted table keeps the rows it finished)."""
     key = {"weights_sha256": read_sidecar(path)[1].get("weights_sha256"), **{a: getattr(args, a) for a in ATTACK_ARGS}}
-    bundle = dict(b.split("=", 1) for b in args.bundle).get(label)
     if bundle is not None:  # the deployed graph it was scored on
         key["bundle_manifest_sha256"] = sha256_file(Path(bundle) / MANIFEST_NAME)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
@@ -130,7 +130,7 @@ def cached_row(label: str, path: str, args: argparse.Namespace, train_views, hel
         if saved.get("key") == key:
             print(f"{label}: reusing {file} (same weights and attack settings)", flush=True)
             return saved["row"]
-    row = evaluate(label, path, args, train_views, heldout)
+    row = evaluate(label, path, args, train_views, heldout, bundle)
     atomic_write_json(file, {"key": key, "row": row})
     return row
 
@@ -192,7 +192,12 @@ def main() -> None:
     cls = LISA_INDEX[args.sign]
     train_views, heldout = render_views(cls, args.views, 1), render_views(cls, args.heldout, 2)
     out = Path(args.out)
-    rows = [cached_row(*m.split("=", 1), args, train_views, heldout, out / "rows") for m in args.model]
+    models = dict(m.split("=", 1) for m in args.model)
+    bundles = dict(b.split("=", 1) for b in args.bundle)
+    if set(bundles) - set(models):
+        raise SystemExit(f"--bundle {sorted(set(bundles) - set(models))}: no --model has that label")
+    rows = [cached_row(label, path, args, train_views, heldout, out / "rows", bundles.get(label))
+            for label, path in models.items()]
     atomic_write_json(out / "results.json", {"rows": rows, "args": vars(args)})
     atomic_write_text(out / "report.md", to_markdown(rows, args))
 

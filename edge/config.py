@@ -172,6 +172,15 @@ def check_choice(value: Any, choices: Iterable[Any], field: str) -> None:
         raise ConfigError("%s: expected one of %s, got %r" % (field, list(choices), value))
 
 
+def check_positive_ints(obj: Any, *fields: str) -> None:
+    """Raise ``field: expected a positive integer, got ...`` for the first of ``obj``'s ``fields`` below 1 (a bool
+    is refused too: ``True`` would pass as 1)."""
+    for name in fields:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or value < 1:
+            raise ConfigError("%s: expected a positive integer, got %r" % (name, value))
+
+
 def check_range(value: float, field: str, lo: Any = None, hi: Any = None, lo_open: bool = False,
                 hi_open: bool = False) -> None:
     """Raise ``field: expected a number in [lo, hi], got ...`` when ``value`` is outside the interval."""

@@ -121,9 +121,9 @@ def test_sticker_robustness_reuses_a_row_only_for_the_same_weights_and_settings(
     meta = {"architecture": {"name": "lisa_cnn_tiny", "options": {}}, "classes": ["a"]}
     save_checkpoint(tmp_path / "run" / "model", model, meta)
     measured = []
-    monkeypatch.setattr(sr, "evaluate", lambda label, path, args, tv, ho: measured.append(args.steps) or
+    monkeypatch.setattr(sr, "evaluate", lambda label, path, args, tv, ho, bundle: measured.append(args.steps) or
                         {"model": label, "steps": args.steps})
-    args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0, bundle=[])
+    args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0)
     rows = tmp_path / "out" / "rows"
     first = sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows)
     assert sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows) == first and measured == [300]
@@ -133,5 +133,14 @@ def test_sticker_robustness_reuses_a_row_only_for_the_same_weights_and_settings(
     save_checkpoint(tmp_path / "run" / "model", model, meta)
     sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows)
     assert measured == [300, 60, 60]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows, str(bundle))  # scored on a bundle too
+    sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows, str(bundle))
+    assert measured == [300, 60, 60, 60]
+    (bundle / "manifest.json").write_text('{"re-exported": 1}')  # another export: measured again
+    sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows, str(bundle))
+    assert measured == [300, 60, 60, 60, 60]
     with pytest.raises(SystemExit, match="the label names a file"):
         sr.cached_row("../m", str(tmp_path / "run"), args, None, None, rows)

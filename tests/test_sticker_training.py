@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, SignguardError
 from train.attacks.rp2 import RP2, evaluate_stickers
 from train.attacks.views import render_views
 from train.checkpoint import load_checkpoint
@@ -75,8 +75,13 @@ def test_persistent_stickers_continue_and_survive_a_resume(tmp_path, data):
     d.transform(model, x, y, Step(0, 0, 0, torch.Generator(), cpu))
     first = {k: v.clone() for k, v in d.bank.items()}
     assert len(first) == 2
-    d.transform(model, x, y, Step(0, 8, 0, torch.Generator(), cpu))
-    assert all(not torch.equal(first[k], d.bank[k]) for k in first)  # continued, not restarted
+    second, _ = d.transform(model, x, y, Step(0, 8, 0, torch.Generator(), cpu))
+    assert all(not torch.equal(first[k], d.bank[k]) for k in first)  # optimised further
+    plain = _defense(**cfg, persistent=False)  # the same batch, seeds and weights, started afresh
+    fresh, _ = plain.transform(_ready(plain, data), x, y, Step(0, 8, 0, torch.Generator(), cpu))
+    assert not torch.equal(second, fresh)  # so the banked stickers were the starting point
+    with pytest.raises(SignguardError, match=r"rp2: init must have shape \(1, 3, 32, 32\)"):
+        d.attacks[False](d.pool[LISA_INDEX["stop"]], [1], init=torch.zeros(1, 3, 8, 8))
     entering = {k: v.clone() for k, v in d.bank.items()}
     straight, _ = d.transform(model, x, y, Step(1, 0, 0, torch.Generator(), cpu))  # saves the bank entering epoch 1
     resumed = _defense(**cfg)

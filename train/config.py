@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.config import check_choice, check_range, from_dict, to_dict
+from edge.config import check_choice, check_positive_ints, check_range, from_dict, to_dict
 from edge.errors import ConfigError
 from edge.preprocess import PreprocessConfig
 
@@ -43,9 +43,7 @@ class DataConfig:
         check_range(self.roi_jitter, "roi_jitter", lo=0.0, hi=0.5)
         if self.roi_jitter and self.kind != "synthetic":
             raise ConfigError(f"roi_jitter: only the synthetic renderer knows tight boxes (data kind {self.kind!r})")
-        for name in ("train_per_class", "test_per_class"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(self, "train_per_class", "test_per_class")
 
 
 @dataclass
@@ -88,9 +86,7 @@ class OptimConfig:
     num_threads: int = 0  # 0 = torch default
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(self, "epochs", "batch_size")
         check_range(self.lr, "lr", lo=0, lo_open=True)
         check_range(self.label_smoothing, "label_smoothing", lo=0.0, hi=1.0, hi_open=True)
         check_device(self.device)

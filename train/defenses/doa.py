@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.config import check_choice, check_range
-from edge.errors import ConfigError
+from edge.config import check_choice, check_positive_ints, check_range
 
 from ..attacks.roa import SEARCHES
 from .adversarial import AdversarialTraining
@@ -36,9 +35,7 @@ class DOAConfig:
     adv_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("height", "width", "stride", "candidates", "steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(self, "height", "width", "stride", "candidates", "steps")
         check_choice(self.search, SEARCHES, "search")
         check_range(self.alpha, "alpha", lo=0, hi=1, lo_open=True)
         check_range(self.adv_fraction, "adv_fraction", lo=0, hi=1, lo_open=True)

@@ -53,7 +53,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from edge.config import check_range
+from edge.config import check_positive_ints, check_range
 from edge.errors import ConfigError
 from edge.fileio import atomic_write_bytes
 
@@ -87,9 +87,7 @@ class RP2TrainingConfig:
     persistent: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("groups", "targets", "views", "pool", "steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        check_positive_ints(self, "groups", "targets", "views", "pool", "steps")
         if self.views > self.pool:
             raise ConfigError(f"views: expected at most pool={self.pool} poses per step, got {self.views}")
         check_range(self.lr, "lr", lo=0, lo_open=True)
@@ -153,8 +151,8 @@ class RP2Training(Defense):
             atomic_write_bytes(path.with_suffix(".json"), json.dumps({"epoch": epoch}).encode())
         self.epoch = epoch
 
-    def _start(self, keys: list[str], gen: torch.Generator) -> torch.Tensor:
-        fresh = 0.01 * torch.randn(len(keys), 3, 32, 32, generator=gen)
+    def _start(self, keys: list[str], res: int, gen: torch.Generator) -> torch.Tensor:
+        fresh = 0.01 * torch.randn(len(keys), 3, res, res, generator=gen)
         if not self.cfg.persistent:
             return fresh
         return torch.stack([self.bank.get(k, f) for k, f in zip(keys, fresh)])
@@ -173,8 +171,8 @@ class RP2Training(Defense):
             targets = wrong[torch.randperm(len(wrong), generator=gen)[:c.targets]].tolist()
             lowfreq = bool(torch.rand((), generator=gen) < c.lowfreq_share)
             keys = [f"{sign}/{t}/{'lowfreq' if lowfreq else 'bars'}" for t in targets]
-            pool = self.pool[sign]
-            result = self.attacks[lowfreq](pool, targets, seed=seed * 31 + g, init=self._start(keys, gen))
+            pool, attack = self.pool[sign], self.attacks[lowfreq]
+            result = attack(pool, targets, seed=seed * 31 + g, init=self._start(keys, attack.res, gen))
             if c.persistent:
                 self.bank.update(zip(keys, torch.from_numpy(result.delta)))
             shown = pool.subset(torch.randperm(len(pool), generator=gen)[:c.views])

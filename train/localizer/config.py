@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from edge.config import check_choice, check_range, from_dict, to_dict
+from edge.config import check_choice, check_positive_ints, check_range, from_dict, to_dict
 from edge.errors import ConfigError
 from edge.localizer import DecodeConfig
 from train.data.scenes import SceneConfig
@@ -40,9 +40,7 @@ class LocalizerData:
         check_choice(self.kind, DATA_KINDS, "kind")
         if self.kind != "scenes" and not self.path:
             raise ConfigError("path: required for data kind %r" % self.kind)
-        for name in ("train", "val", "driveby_every"):
-            if isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
-                raise ConfigError("%s: expected a positive integer, got %r" % (name, getattr(self, name)))
+        check_positive_ints(self, "train", "val", "driveby_every")
         if self.driveby < 0:
             raise ConfigError("driveby: expected a count >= 0, got %r" % (self.driveby,))
 
@@ -84,9 +82,7 @@ class LocalizerOptim:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError("%s: expected a positive integer, got %r" % (name, getattr(self, name)))
+        check_positive_ints(self, "epochs", "batch_size")
         check_range(self.lr, "lr", lo=0, lo_open=True)
         if self.crop < 0 or self.crop % 8:
             raise ConfigError("crop: expected 0 or a multiple of 8, got %r" % (self.crop,))
