@@ -53,18 +53,46 @@ ATTACK_ARGS = ("sign", "views", "heldout", "steps", "seed")  # the settings a ca
 RP2_KEYS = ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")
 
 
-def rp2_cell(model, attack_model, train_views, heldout, label, targets, steps, dct_dim, seed, meta,
+def strongest(evaluations: list[dict]) -> list[int]:
+    """Per target, which of several attacks' :func:`evaluate_stickers` results reached the higher targeted
+    success (the first on a tie): an attacker with more than one surrogate keeps the better sticker per target."""
+    per = [e["per_target"] for e in evaluations]
+    return [int(np.argmax([p[i]["targeted_success"] for p in per])) for i in range(len(per[0]))]
+
+
+def merged(evaluations: list[dict], picks: list[int]) -> dict:
+    """One :func:`evaluate_stickers` result holding, for target ``i``, attack ``picks[i]``'s entry."""
+    return {**evaluations[0], "per_target": [evaluations[a]["per_target"][i] for i, a in enumerate(picks)]}
+
+
+def rp2_cell(model, attack_models, train_views, heldout, label, targets, steps, dct_dim, seed, meta,
              deployed=None) -> tuple[dict, dict | None]:
-    """RP2 stickers made on ``attack_model`` for every target, scored on ``model`` (the sweep's RP2 row) and,
-    with their colours rounded to the printed PNG's 8 bits, on the ``deployed`` graph."""
-    res = RP2(attack_model, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct_dim)(
-        train_views, targets, seed=seed)
-    row = rp2_row(evaluate_stickers(model, heldout, res, label=label), meta)
+    """RP2 stickers made on each of ``attack_models`` for every target, scored on ``model`` (the sweep's RP2
+    row; per target the stronger attack's sticker) and, with their colours rounded to the printed PNG's 8 bits,
+    the same stickers on the ``deployed`` graph."""
+    ours, theirs = [], []
+    for attack_model in attack_models:
+        res = RP2(attack_model, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct_dim)(
+            train_views, targets, seed=seed)
+        ours.append(evaluate_stickers(model, heldout, res, label=label))
+        if deployed is not None:
+            printed = dataclasses.replace(res, stickers=np.round(res.stickers * 255.0) / 255.0)
+            theirs.append(evaluate_stickers(deployed, heldout, printed, label=label))
+    picks = strongest(ours)  # chosen on the PyTorch model; the INT8 graph gets the same stickers
+    row = rp2_row(merged(ours, picks), meta)
     if deployed is None:
         return {k: row[k] for k in RP2_KEYS}, None
-    printed = dataclasses.replace(res, stickers=np.round(res.stickers * 255.0) / 255.0)
-    dep = rp2_row(evaluate_stickers(deployed, heldout, printed, label=label), meta)
+    dep = rp2_row(merged(theirs, picks), meta)
     return {k: row[k] for k in RP2_KEYS}, {k: dep[k] for k in RP2_KEYS}
+
+
+def attack_views(model) -> list:
+    """The surrogates an adaptive attacker differentiates: :func:`attacker_view`, and for the PRN gate also BPDA
+    (hard forward, soft backward): two surrogates of one hard gate, and an attacker who knows it tries both."""
+    views = [attacker_view(model)]
+    if getattr(model, "detector", None) is not None:
+        views.append(attacker_view(model, bpda=True))
+    return views
 
 
 def data_name(data: dict) -> str:
@@ -75,7 +103,7 @@ def data_name(data: dict) -> str:
 def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldout, bundle: str | None = None
              ) -> dict:
     model, meta = load_checkpoint(path)
-    attack_model = attacker_view(model)
+    views = attack_views(model)
     classes = list(meta.get("classes") or LISA_CLASSES)
     if args.sign not in classes:
         raise SystemExit(f"{path}: the model has no class {args.sign!r} to attack (its classes: {classes})")
@@ -89,16 +117,18 @@ def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldo
         row["int8"] = {"bundle": bundle, "test_acc": float(np.mean(predict(deployed, test.x) == np.asarray(test.y)))}
     t0 = time.time()
     for key, dct_dim in (("rp2_whitebox", 0), ("rp2_lowfreq", 16)):
-        row[key], on_int8 = rp2_cell(model, attack_model, train_views, heldout, stop, targets, args.steps, dct_dim,
+        row[key], on_int8 = rp2_cell(model, views, train_views, heldout, stop, targets, args.steps, dct_dim,
                                      args.seed, meta, deployed)
         if on_int8 is not None:
             row["int8"][key] = on_int8
     y = torch.full((len(heldout),), stop, dtype=torch.long)
-    x_roa = ROA(attack_model, height=7, width=7, stride=2, search="gradient", steps=30).generate(heldout.x, y)
+    x_roa = [ROA(v, height=7, width=7, stride=2, search="gradient", steps=30).generate(heldout.x, y) for v in views]
     for part, m in (((row, model),) + (((row["int8"], deployed),) if deployed is not None else ())):
         clean = predict(m, heldout.x)
+        # a pose counts as fooled when any surrogate's ROA image changes the prediction
+        changed = np.any([predict(m, x) != clean for x in x_roa], axis=0)
         part["roa_7x7"] = {"clean_view_acc": metrics.accuracy(clean, y.numpy()),
-                           "untargeted_asr": metrics.attack_success_rate(clean, predict(m, x_roa))}
+                           "untargeted_asr": float(changed.mean())}
     if isinstance(model, SmoothedClassifier):
         d = meta["defense"]
         delta = d["patch"] + d["band"] - 1
@@ -119,7 +149,10 @@ def cached_row(label: str, path: str, args: argparse.Namespace, train_views, hel
                bundle: str | None = None) -> dict:
     """The model's row from ``rows_dir`` when it was measured on these weights with these settings, else
     measured now and written there (atomically, so an interrupted table keeps the rows it finished)."""
-    key = {"weights_sha256": read_sidecar(path)[1].get("weights_sha256"), **{a: getattr(args, a) for a in ATTACK_ARGS}}
+    sidecar = read_sidecar(path)[1]
+    key = {"weights_sha256": sidecar.get("weights_sha256"), **{a: getattr(args, a) for a in ATTACK_ARGS}}
+    if "prn" in DefenseStack.from_config(sidecar.get("defense", {"kind": "none"})).kind.split("+"):
+        key["surrogates"] = ["soft select", "bpda"]  # gated rows made before BPDA joined are measured again
     if bundle is not None:  # the deployed graph it was scored on
         key["bundle_manifest_sha256"] = sha256_file(Path(bundle) / MANIFEST_NAME)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
@@ -135,20 +168,18 @@ def cached_row(label: str, path: str, args: argparse.Namespace, train_views, hel
     return row
 
 
-def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    times = ", ".join(f"{r['model']} {r['seconds']:.0f} s" for r in rows)
-    out = [f"# Sticker robustness on the synthetic {args.sign} sign", "",
-           f"Regenerate: `python bench/sticker_robustness.py {' '.join('--model ' + m for m in args.model)} "
-           f"{''.join('--bundle ' + b + ' ' for b in args.bundle)}"
-           f"--steps {args.steps} --views {args.views} --heldout {args.heldout}"
-           f"{'' if args.out == OUT else ' --out ' + args.out}`.  Sign: {args.sign}; RP2 optimised "
-           f"on {args.views} poses (seed 1), scored on {args.heldout} held-out poses (seed 2), every other class "
-           f"of the model as a target (17 for LISA-18, 42 for GTSRB-32), "
-           f"{args.steps} Adam steps, two-bar mask, lambda 0.002; low-frequency = DCT k=16 (BlurNet Eq. 8).  ROA: 7x7, "
-           f"gradient search (top 5, stride 2), 30 steps of 4/255, untargeted, on the clean held-out views.  "
-           f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; attack time per model "
-           f"(one thread, when its row was measured): {times}.",
-           "", "| model | data | defense | test acc | RP2 avg / worst targeted | RP2 untargeted "
+def settings_text(args: argparse.Namespace) -> str:
+    """The attack settings every row of a table shares, in words."""
+    return (f"Sign: {args.sign}; RP2 optimised on {args.views} poses (seed 1), scored on {args.heldout} held-out "
+            f"poses (seed 2), every other class of the model as a target (17 for LISA-18, 42 for GTSRB-32), "
+            f"{args.steps} Adam steps, two-bar mask, lambda 0.002; low-frequency = DCT k=16 (BlurNet Eq. 8).  "
+            f"ROA: 7x7, gradient search (top 5, stride 2), 30 steps of 4/255, untargeted, on the clean held-out "
+            f"views.  Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """The Markdown table of ``rows`` (one line per model, one more for its INT8 graph where it was measured)."""
+    out = ["| model | data | defense | test acc | RP2 avg / worst targeted | RP2 untargeted "
            "| low-freq RP2 avg / worst | low-freq untargeted | ROA 7x7 untargeted | certified (held-out views) |",
            "|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -165,15 +196,32 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
                        f"| {pct(lf['avg_asr'])} / {pct(lf['worst_asr'])} "
                        f"| {pct(lf['avg_untargeted_asr'])} | {pct(part['roa_7x7']['untargeted_asr'])} "
                        f"| {cert if part is r else '-'} |")  # the certificate is computed in PyTorch
+    return out
+
+
+def attacker_note(rows: list[dict]) -> str:
+    """How the wrapped defenses were attacked, and which graph each INT8 row is."""
     deployed = [f"`{r['model']}`: `{r['int8']['bundle']}`" for r in rows if "int8" in r]
-    out += ["", "Attacks on the column-smoothing model optimise the mean softmax over its 32 ablations (EOT) and are "
-            "scored on the vote the device runs; attacks on PatchCleanser optimise the mean softmax over its one-mask "
-            "copies (EOT) and are scored on double masking.  "
+    return ("Each model is attacked through its attacker view (`train.attacks.adaptive_view`): plain classifiers "
+            "white-box; the column-smoothing model through the mean softmax over its 32 ablations (EOT), scored on "
+            "the vote the device runs; PatchCleanser through the mean softmax over its one-mask copies (EOT), scored "
+            "on double masking; the PRN gate through BPDA and a soft select between the rectified and the raw "
+            "image, scored on the hard gate.  "
             + ("Rows marked INT8 score the same stickers, their colours rounded to the printed PNG's 8 bits, and "
                "the same ROA images on the INT8 graph of the model's bundle (onnxruntime; test accuracy on the whole "
                "test split): " + ", ".join(deployed) + "." if deployed else
-               "These are PyTorch numbers; the INT8 bundles are not measured here (`--bundle`)."), ""]
-    return "\n".join(out)
+               "These are PyTorch numbers; the INT8 bundles are not measured here (`--bundle`)."))
+
+
+def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    times = ", ".join(f"{r['model']} {r['seconds']:.0f} s" for r in rows)
+    regenerate = (f"python bench/sticker_robustness.py {' '.join('--model ' + m for m in args.model)} "
+                  f"{''.join('--bundle ' + b + ' ' for b in args.bundle)}"
+                  f"--steps {args.steps} --views {args.views} --heldout {args.heldout}"
+                  f"{'' if args.out == OUT else ' --out ' + args.out}")
+    return "\n".join([f"# Sticker robustness on the synthetic {args.sign} sign", "",
+                      f"Regenerate: `{regenerate}`.  {settings_text(args)}; attack time per model (one thread, when "
+                      f"its row was measured): {times}.", "", *table_lines(rows), "", attacker_note(rows), ""])
 
 
 def main() -> None:

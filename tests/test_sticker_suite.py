@@ -1,0 +1,97 @@
+"""bench/sticker_suite.py: the one command behind both datasets' sticker tables, and the strongest-sticker merge
+that scores a gated model against both of its surrogates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import sticker_robustness as sr
+from bench import sticker_suite as suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    f = tmp_path / "suite.yaml"
+    f.write_text(text)
+    return f
+
+
+def test_the_repositorys_suite_names_existing_recipes_and_builds_runs_before_their_users():
+    """A typo in bench/sticker_suite.yaml would surface only after hours of training; check it now."""
+    import yaml
+
+    attack, out, tables = suite.load_suite(ROOT / suite.SUITE)
+    assert {t.name for t in tables} == {"synthetic", "gtsrb32"} and attack["steps"] == 300
+    for t in tables:
+        runs_so_far: set[str] = set()
+        for m in t.models:
+            cfg = ROOT / m.config
+            assert cfg.is_file(), f"{m.label}: {m.config} missing"
+            init = yaml.safe_load(cfg.read_text())["model"].get("init")
+            init = next((s.split("=", 1)[1] for s in m.set if s.startswith("model.init=")), init)
+            assert init is None or init in runs_so_far, f"{m.label} starts from {init}, not built before it"
+            runs_so_far.add(m.run)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("tables: []", "tables: expected a non-empty list"),
+    ("attack: {steps: fast}\ntables: [{name: a, models: [{label: m, run: r, config: c}]}]", r"attack\.steps"),
+    ("attack: {stpes: 3}\ntables: [{name: a, models: [{label: m, run: r, config: c}]}]", "unknown field"),
+    ("tables: [{name: a, models: [{label: m, run: r}]}]", r"models\[0\]\.config"),
+    ("tables: [{name: a, models: [{label: m, run: r, config: c, bundel: b}]}]", r"unknown field\(s\) \['bundel'\]"),
+    ("tables: [{name: a, models: [{label: m, run: r, config: c}, {label: m, run: s, config: c}]}]",
+     "'m' is used twice"),
+    ("tables: [{name: a, models: [{label: m, run: r, config: c, set: [epochs]}]}]", "KEY=VALUE"),
+    ("tables: [{name: a, models: [{label: m, run: r, config: c}]}, {name: a, models: [{label: n, run: r, config: c}]}]",
+     "table name 'a' is used twice"),
+])
+def test_a_bad_suite_names_its_file_and_field(tmp_path, text, match):
+    f = _write(tmp_path, text)
+    with pytest.raises(SystemExit, match=match) as e:
+        suite.load_suite(f)
+    assert str(f) in str(e.value)
+
+
+def test_only_missing_runs_are_trained_and_missing_bundles_exported(tmp_path):
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "model.json").write_text("{}")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    f = _write(tmp_path, f"""
+tables:
+  - name: a
+    models:
+      - {{label: trained, run: {done}, config: c.yaml, bundle: {bundle}}}
+      - {{label: new, run: {tmp_path / 'new'}, config: n.yaml, set: [optim.epochs=2], bundle: {tmp_path / 'nb'}}}
+  - name: b
+    models:
+      - {{label: again, run: {tmp_path / 'new'}, config: n.yaml}}
+""")
+    _, _, tables = suite.load_suite(f)
+    assert suite.build_steps(tables) == [
+        ["train", "--config", "n.yaml", "--run-dir", str(tmp_path / "new"), "--resume", "--quiet",
+         "--set", "optim.epochs=2"],
+        ["export", "--checkpoint", str(tmp_path / "new"), "--out", str(tmp_path / "nb"), "--precision", "fp32",
+         "int8", "--quiet"],
+    ]  # the trained run and its bundle are left alone; a run two tables share is trained once
+
+
+def _evaluation(successes: list[float]) -> dict:
+    return {"n_views": 40, "clean_accuracy": 1.0,
+            "per_target": [{"target": t, "targeted_success": s, "untargeted_success": s} for t, s in
+                           enumerate(successes)]}
+
+
+def test_the_strongest_sticker_is_kept_per_target_and_the_same_sticker_scores_the_deployed_graph():
+    soft, bpda = _evaluation([0.1, 0.5, 0.0]), _evaluation([0.3, 0.2, 0.0])
+    picks = sr.strongest([soft, bpda])
+    assert picks == [1, 0, 0]  # ties keep the first attack
+    assert [p["targeted_success"] for p in sr.merged([soft, bpda], picks)["per_target"]] == [0.3, 0.5, 0.0]
+    # the INT8 graph is scored with the stickers chosen on PyTorch, even where another would do better there
+    int8_soft, int8_bpda = _evaluation([0.9, 0.4, 0.0]), _evaluation([0.2, 0.8, 0.0])
+    assert [p["targeted_success"] for p in sr.merged([int8_soft, int8_bpda], picks)["per_target"]] == [0.2, 0.4, 0.0]
