@@ -95,3 +95,41 @@ def test_the_strongest_sticker_is_kept_per_target_and_the_same_sticker_scores_th
     # the INT8 graph is scored with the stickers chosen on PyTorch, even where another would do better there
     int8_soft, int8_bpda = _evaluation([0.9, 0.4, 0.0]), _evaluation([0.2, 0.8, 0.0])
     assert [p["targeted_success"] for p in sr.merged([int8_soft, int8_bpda], picks)["per_target"]] == [0.2, 0.4, 0.0]
+
+
+def test_a_gated_models_row_records_both_surrogates_and_an_older_row_is_measured_again(tmp_path, monkeypatch):
+    import argparse
+    import json
+
+    import torch
+
+    from train.checkpoint import save_checkpoint
+
+    meta = {"architecture": {"name": "lisa_cnn_tiny", "options": {}}, "classes": ["a"], "defense": {"kind": "prn"}}
+    save_checkpoint(tmp_path / "run" / "model", torch.nn.Linear(2, 2), meta)
+    measured = []
+    monkeypatch.setattr(sr, "evaluate", lambda label, path, args, tv, ho, bundle: measured.append(1) or {"m": 1})
+    args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0)
+    rows = tmp_path / "rows"
+    sr.cached_row("gate", str(tmp_path / "run"), args, None, None, rows)
+    saved = json.loads((rows / "gate.json").read_text())
+    assert saved["key"]["surrogates"] == ["soft select", "bpda"]
+    del saved["key"]["surrogates"]  # a row from before BPDA joined the attack
+    (rows / "gate.json").write_text(json.dumps(saved))
+    sr.cached_row("gate", str(tmp_path / "run"), args, None, None, rows)
+    assert measured == [1, 1]
+
+
+def test_a_gated_model_is_attacked_through_the_soft_select_and_through_bpda_a_plain_one_directly():
+    import torch
+
+    from tests.test_prn import _gated
+    from train.attacks.gate_surrogate import SoftGate
+    from train.models import create_model
+
+    soft, bpda = sr.attack_views(_gated(0.0))
+    assert isinstance(soft, SoftGate) and isinstance(bpda, SoftGate) and not soft.bpda and bpda.bpda
+    plain = create_model("lisa_cnn_tiny", num_classes=4)
+    assert sr.attack_views(plain) == [plain]
+    x = torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(soft(x), bpda(x))  # two different surrogates of the one hard gate
