@@ -122,7 +122,7 @@ def test_sticker_robustness_reuses_a_row_only_for_the_same_weights_and_settings(
     save_checkpoint(tmp_path / "run" / "model", model, meta)
     measured = []
     monkeypatch.setattr(sr, "evaluate", lambda label, path, args, tv, ho, bundle: measured.append(args.steps) or
-                        {"model": label, "steps": args.steps})
+                        {"model": label, "steps": args.steps, "rp2_untargeted": {}})
     args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0)
     rows = tmp_path / "out" / "rows"
     first = sr.cached_row("m", str(tmp_path / "run"), args, None, None, rows)

@@ -108,7 +108,8 @@ def test_a_gated_models_row_records_both_surrogates_and_an_older_row_is_measured
     meta = {"architecture": {"name": "lisa_cnn_tiny", "options": {}}, "classes": ["a"], "defense": {"kind": "prn"}}
     save_checkpoint(tmp_path / "run" / "model", torch.nn.Linear(2, 2), meta)
     measured = []
-    monkeypatch.setattr(sr, "evaluate", lambda label, path, args, tv, ho, bundle: measured.append(1) or {"m": 1})
+    monkeypatch.setattr(sr, "evaluate", lambda label, path, args, tv, ho, bundle: measured.append(1) or
+                        {"m": 1, "rp2_untargeted": {}})
     args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0)
     rows = tmp_path / "rows"
     sr.cached_row("gate", str(tmp_path / "run"), args, None, None, rows)
@@ -133,3 +134,36 @@ def test_a_gated_model_is_attacked_through_the_soft_select_and_through_bpda_a_pl
     assert sr.attack_views(plain) == [plain]
     x = torch.rand(2, 3, 32, 32)
     assert not torch.allclose(soft(x), bpda(x))  # two different surrogates of the one hard gate
+
+
+def test_a_cached_row_from_before_the_untargeted_attack_gains_only_those_cells(tmp_path, monkeypatch):
+    """Rows cost minutes to hours: one measured before untargeted RP2 existed keeps its cells and gets the new
+    ones added (and saved), instead of being measured again from scratch."""
+    import argparse
+    import json
+
+    import torch
+
+    from train.checkpoint import save_checkpoint
+
+    meta = {"architecture": {"name": "lisa_cnn_tiny", "options": {}}, "classes": ["a"]}
+    save_checkpoint(tmp_path / "run" / "model", torch.nn.Linear(2, 2), meta)
+    monkeypatch.setattr(sr, "evaluate", lambda *a, **k: pytest.fail("a cached row was measured again"))
+    added = []
+
+    def add(row, path, args, tv, ho, bundle, loaded=None):
+        added.append(path)
+        return {**row, "rp2_untargeted": {"whitebox": 0.5, "lowfreq": 1.0}}
+
+    monkeypatch.setattr(sr, "add_untargeted", add)
+    args = argparse.Namespace(sign="stop", views=20, heldout=40, steps=300, seed=0)
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    key = {"weights_sha256": json.loads((tmp_path / "run" / "model.json").read_text())["weights_sha256"],
+           "sign": "stop", "views": 20, "heldout": 40, "steps": 300, "seed": 0}
+    (rows / "old.json").write_text(json.dumps({"key": key, "row": {"model": "old", "rp2_whitebox": {"x": 1}}}))
+    row = sr.cached_row("old", str(tmp_path / "run"), args, None, None, rows)
+    assert row == {"model": "old", "rp2_whitebox": {"x": 1}, "rp2_untargeted": {"whitebox": 0.5, "lowfreq": 1.0}}
+    assert json.loads((rows / "old.json").read_text())["row"] == row  # saved with the new cells
+    sr.cached_row("old", str(tmp_path / "run"), args, None, None, rows)
+    assert len(added) == 1  # the second call finds them

@@ -18,7 +18,8 @@ CLASSES = [FGSM, PGD, DeepFool, UAP, SPGDUniversal, RP2]
 CHANGED = {"eps": 0.05, "alpha": 0.02, "steps": 3, "norm": "l2", "random_start": False, "loss": "margin",
            "restarts": 1, "batch_size": 4, "overshoot": 0.05, "max_iter": 7, "num_candidates": 3, "xi": 0.1,
            "target_fooling": 0.5, "max_passes": 2, "deepfool_iter": 4, "loss_clip": 2.0, "mask": "sign", "res": 16,
-           "lr": 0.1, "lam": 0.01, "nps_weight": 0.5, "snap": False, "noise": 0.0, "views_per_step": 2, "dct_dim": 8}
+           "lr": 0.1, "lam": 0.01, "nps_weight": 0.5, "snap": False, "noise": 0.0, "views_per_step": 2, "dct_dim": 8,
+           "untargeted": True, "kappa": 2.0}
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

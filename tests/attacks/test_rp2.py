@@ -153,3 +153,22 @@ def test_nps_is_zero_on_palette_colours_and_positive_off_it(tmp_path):
         load_palette(f)
     with pytest.raises(SignguardError, match="cannot read"):
         load_palette(tmp_path / "missing.txt")
+
+
+def test_untargeted_rp2_moves_views_off_their_label_and_stops_pushing_at_kappa(views, heldout):
+    """Untargeted: the 'target' is the label to leave.  On the colour model a red sign can go green or blue;
+    the attack must find one of them on its own, and with kappa = 0 it stops at the boundary (a smaller
+    perturbation than kappa = 20, which keeps pushing past it)."""
+    model = colour_model()
+    red = 0
+    near = RP2(model, mask="sign", steps=60, lr=0.1, noise=0.0, views_per_step=4, snap=False, untargeted=True,
+               kappa=0.0, lam=0.0, nps_weight=0.0)(views, [red], seed=0)
+    far = RP2(model, mask="sign", steps=60, lr=0.1, noise=0.0, views_per_step=4, snap=False, untargeted=True,
+              kappa=20.0, lam=0.0, nps_weight=0.0)(views, [red], seed=0)
+    assert far.train_success[0] >= 0.85 and near.train_success[0] > 0  # success = read as anything but red
+    ev = evaluate_stickers(model, heldout, far)
+    assert ev["per_target"][0]["untargeted_success"] >= 0.75  # held-out poses, the clean ones all read red
+    assert far.config["untargeted"] and far.history[-1]["objective"] < near.history[-1]["objective"]
+    assert near.history[-1]["l2"] < far.history[-1]["l2"]
+    with pytest.raises(SignguardError, match="kappa"):
+        RP2(model, kappa=-1.0)

@@ -24,6 +24,12 @@ Adaptive variants (BlurNet Sec. V), same class:
   feature maps is added to the attacker's loss, so the attack looks for
   perturbations the regularised filters pass.
 
+Untargeted RP2 (``untargeted=True``, as DOA evaluates its defense): each
+"target" is the label the sticker must move the prediction *away* from,
+and J is the Carlini-Wagner margin ``z_y - max_{j != y} z_j`` clipped at
+``-kappa`` -- the sticker stops pushing a view once it is misread by
+``kappa`` logits, so EOT spends its effort on the views still read right.
+
 All targets are optimised together as one (K, 3, R, R) tensor -- the K
 independent problems share each forward pass, so the 17 targets of BlurNet
 Table II cost about one attack.
@@ -42,7 +48,7 @@ from torch import nn
 
 from edge.errors import SignguardError
 
-from .base import eval_mode
+from .base import eval_mode, margin_loss
 from .dct import lowpass_dct
 from .palette import load_palette, nearest_palette, non_printability
 from .views import SignViews, apply_perturbation, render_with_sticker, sticker_region, template_face
@@ -77,7 +83,8 @@ class RP2:
     noise and exposure); ``views_per_step`` [10] views drawn at random each
     step (stochastic EOT: the expectation is estimated on a fresh sample of
     transformations every step, at a fraction of the cost of all views);
-    ``dct_dim`` [0 = off]; ``feature_penalty`` [None].
+    ``dct_dim`` [0 = off]; ``untargeted`` [False]: move each view away from the label given as its
+    "target" (module docstring); ``kappa`` [5.0] the untargeted margin's clip; ``feature_penalty`` [None].
     """
 
     #: constructor arguments that are not hyper-parameters (see :func:`~train.attacks.base.hyperparameters`)
@@ -86,10 +93,11 @@ class RP2:
     def __init__(self, model: nn.Module, *, mask: str | Path = "bars", res: int = 32, steps: int = 300,
                  lr: float = 0.03, lam: float = 0.002, nps_weight: float = 1.0, palette: str | Path | None = None,
                  snap: bool = True, noise: float = 0.02, views_per_step: int = 10, dct_dim: int = 0,
-                 feature_penalty: FeaturePenalty | None = None, progress: bool = False):
-        if steps < 1 or lr <= 0 or lam < 0 or nps_weight < 0 or res < 4 or views_per_step < 1:
+                 untargeted: bool = False, kappa: float = 5.0, feature_penalty: FeaturePenalty | None = None,
+                 progress: bool = False):
+        if steps < 1 or lr <= 0 or lam < 0 or nps_weight < 0 or res < 4 or views_per_step < 1 or kappa < 0:
             raise SignguardError("rp2: need steps >= 1, lr > 0, lam >= 0, nps_weight >= 0, res >= 4, "
-                                 "views_per_step >= 1")
+                                 "views_per_step >= 1, kappa >= 0")
         if not 0 <= dct_dim <= res:
             raise SignguardError(f"rp2: dct_dim must be in [0, res={res}], got {dct_dim}")
         if feature_penalty is not None and not (hasattr(model, "features1") and hasattr(model, "head")):
@@ -98,6 +106,7 @@ class RP2:
         self.lam, self.nps_weight, self.snap, self.noise = lam, nps_weight, snap, noise
         self.views_per_step = views_per_step
         self.dct_dim, self.feature_penalty, self.progress = dct_dim, feature_penalty, progress
+        self.untargeted, self.kappa = bool(untargeted), float(kappa)
         self.palette_path = palette
         self.palette = torch.from_numpy(load_palette(palette))
 
@@ -108,6 +117,7 @@ class RP2:
         return {"mask": str(self.mask), "res": self.res, "steps": self.steps, "lr": self.lr, "lam": self.lam,
                 "nps_weight": self.nps_weight, "palette": str(self.palette_path) if self.palette_path else "default",
                 "snap": self.snap, "noise": self.noise, "views_per_step": self.views_per_step, "dct_dim": self.dct_dim,
+                "untargeted": self.untargeted, "kappa": self.kappa,
                 "feature_penalty": None if fp is None else getattr(fp, "__qualname__", type(fp).__qualname__)}
 
     def _effective(self, delta: torch.Tensor, face: torch.Tensor, sticker: torch.Tensor,
@@ -118,10 +128,15 @@ class RP2:
             d = lowpass_dct(d, self.dct_dim) * sign
         return (face + d).clamp(0.0, 1.0) - face
 
+    def _hit(self, pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        return pred != tgt if self.untargeted else pred == tgt
+
     def __call__(self, views: SignViews, targets: Sequence[int], seed: int = 0,
                  init: torch.Tensor | None = None) -> RP2Result:
-        """Stickers for ``targets`` on ``views``; ``init`` (K, 3, R, R) warm-starts the optimised variable from an
-        earlier result's ``delta`` (a persistent attacker across calls), else it starts near zero."""
+        """Stickers for ``targets`` on ``views`` (untargeted: the labels to move away from); ``init`` (K, 3, R, R)
+        warm-starts the optimised variable from an earlier result's ``delta`` (a persistent attacker across
+        calls), else it starts near zero.  ``train_success``: share of the views read as the target (untargeted:
+        read as anything but the label)."""
         from ..progress import progress as bar
 
         targets_t = torch.as_tensor(list(targets), dtype=torch.long)
@@ -159,16 +174,20 @@ class RP2:
                     reg = self.feature_penalty(f1) * k  # per-target mean, summed over targets
                 else:
                     logits = self.model(xa)
-                ce = F.cross_entropy(logits, tgt, reduction="none").view(k, v).mean(1)
+                if self.untargeted:  # z_y - max_{j != y} z_j, no lower than -kappa
+                    j = (-margin_loss(logits, tgt, None)).clamp_min(-self.kappa)
+                else:
+                    j = F.cross_entropy(logits, tgt, reduction="none")
+                objective = j.view(k, v).mean(1)
                 l2 = (d * region).flatten(1).norm(dim=1)
                 nps = non_printability(face + d, self.palette, region)
-                loss = (ce + self.lam * l2 + self.nps_weight * nps).sum() + reg
+                loss = (objective + self.lam * l2 + self.nps_weight * nps).sum() + reg
                 # the gradient w.r.t. delta only: the model's parameters are neither touched nor toggled
                 (delta.grad,) = torch.autograd.grad(loss, delta)
                 opt.step()
                 if step % 25 == 0 or step == self.steps - 1:
-                    succ = (logits.argmax(1) == tgt).view(k, v).float().mean(1)
-                    history.append({"step": step, "ce": ce.detach().mean().item(), "l2": l2.mean().item(),
+                    succ = self._hit(logits.argmax(1), tgt).view(k, v).float().mean(1)
+                    history.append({"step": step, "objective": objective.detach().mean().item(), "l2": l2.mean().item(),
                                     "nps": nps.mean().item(), "reg": float(reg.detach()) / k,
                                     "success": succ.mean().item()})
             with torch.no_grad():
@@ -178,7 +197,7 @@ class RP2:
                     colors = np.where(region.numpy() > 0, snapped, colors)
                 d = torch.from_numpy(colors) - face
                 xa = apply_perturbation(views, d, region).reshape(k * n_views, *s)
-                succ = (self.model(xa).argmax(1) == targets_t.repeat_interleave(n_views))
+                succ = self._hit(self.model(xa).argmax(1), targets_t.repeat_interleave(n_views))
                 succ = succ.view(k, n_views).float().mean(1).numpy()
         return RP2Result(targets_t.numpy(), colors.astype(np.float32), region.numpy(), succ, history, self.config(),
                          delta.detach().numpy().copy())
