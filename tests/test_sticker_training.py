@@ -119,3 +119,26 @@ def test_rp2_training_stops_the_bars_sticker_on_held_out_poses(tmp_path, data):
         assert ev["clean_accuracy"] >= 0.9, name
         success[name] = max(t["untargeted_success"] for t in ev["per_target"])
     assert success["base"] >= 0.5 and success["rp2_at"] <= 1 / 3, success
+
+
+def test_distill_anchors_the_clean_images_to_the_starting_model(data):
+    """With ``distill`` the loss is KL(starting model || model) on the batch's clean images only: zero while
+    the model is unchanged, positive once it moves, blind to the appended stickered views."""
+    d = _defense(distill=2.0)
+    model = _ready(d, data)
+    x, y = torch.as_tensor(data.train.x[:8]), torch.as_tensor(data.train.y[:8])
+    xb, yb = d.transform(model, x, y, Step(0, 0, 0, torch.Generator().manual_seed(0), torch.device("cpu")))
+    assert len(xb) > len(x) and d.n_clean == len(x)
+    assert float(d.loss(model, xb, yb, model(xb), {})) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moved = model(xb)
+    reg = d.loss(model, xb, yb, moved, {})
+    assert float(reg) > 0
+    only_stickers_changed = moved.clone()
+    only_stickers_changed[len(x):] += 100.0
+    assert float(d.loss(model, xb, yb, only_stickers_changed, {})) == pytest.approx(float(reg))
+    assert _defense().loss(model, xb, yb, moved, {}) is None  # off by default
+    with pytest.raises(ConfigError, match="distill"):
+        _defense(distill=-1.0)

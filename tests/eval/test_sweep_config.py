@@ -101,7 +101,8 @@ def test_blurnet_sweep_runs_the_attacks_its_reports_were_made_with():
     produced reports/blurnet_quick; a changed class default must show up here, not silently in the numbers."""
     cfg = load_sweep("configs/eval/blurnet.yaml", quick=True)
     rp2 = {"mask": "bars", "res": 32, "steps": 60, "lr": 0.03, "lam": 0.002, "nps_weight": 1.0, "palette": "default",
-           "snap": True, "noise": 0.02, "views_per_step": 10, "dct_dim": 0, "feature_penalty": None}
+           "snap": True, "noise": 0.02, "views_per_step": 10, "dct_dim": 0, "untargeted": False, "kappa": 5.0,
+           "feature_penalty": None}
     assert {a.name: a.config for a in cfg.attacks} == {
         "rp2_whitebox": rp2, "rp2_lowfreq": {**rp2, "dct_dim": 16}, "rp2_regularizer": rp2,
         "pgd_8": {"eps": 0.0313725, "alpha": 0.01, "steps": 10, "norm": "linf", "random_start": True, "loss": "ce",

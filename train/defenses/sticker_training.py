@@ -42,6 +42,7 @@ reports/sticker_robustness/README.md).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -85,6 +87,9 @@ class RP2TrainingConfig:
     dct_dim: int = 16
     lowfreq_share: float = 0.5
     persistent: bool = True
+    # weight of KL(starting model || model) on the batch's clean images (0 = off): anchors the clean predictions
+    # to the model the fine-tune starts from (model.init), as Learning without Forgetting (Li & Hoiem 2016) does
+    distill: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "groups", "targets", "views", "pool", "steps")
@@ -93,6 +98,7 @@ class RP2TrainingConfig:
         check_range(self.lr, "lr", lo=0, lo_open=True)
         check_range(self.lam, "lam", lo=0)
         check_range(self.lowfreq_share, "lowfreq_share", lo=0, hi=1)
+        check_range(self.distill, "distill", lo=0)
         if not 1 <= self.dct_dim <= 32:
             raise ConfigError(f"dct_dim: expected 1..32 (the sticker's 32 px resolution), got {self.dct_dim}")
 
@@ -104,7 +110,8 @@ class RP2Training(Defense):
     def describe(self) -> str:
         c = self.cfg
         return (f"{c.groups}x{c.targets} stickers x {c.views} poses, {c.steps} steps"
-                f"{' (persistent)' if c.persistent else ''}, low-freq {c.lowfreq_share:.0%}")
+                f"{' (persistent)' if c.persistent else ''}, low-freq {c.lowfreq_share:.0%}"
+                f"{f', distill {c.distill:g}' if c.distill else ''}")
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         if device.type != "cpu":
@@ -131,6 +138,8 @@ class RP2Training(Defense):
         self.pool: dict[int, SignViews] = {c: render_views(c, self.cfg.pool, POOL_SEED + c) for c in self.signs}
         self.n_classes = len(data.classes)
         self.run_dir = run_dir
+        # prepare() runs before a resumed run loads its state, so this is the starting model on every run
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False) if self.cfg.distill else None
         self.bank: dict[str, torch.Tensor] = {}
         self.epoch: int | None = None  # the epoch the bank is at (None until the first batch)
 
@@ -164,6 +173,7 @@ class RP2Training(Defense):
         seed = step.seed * 1_000_003 + step.epoch * 10_007 + step.index
         gen = torch.Generator().manual_seed(seed)
         xs, ys = [x], [y]
+        self.n_clean = len(x)  # the batch's clean images come first (loss())
         for g in range(c.groups):
             sign = self.signs[int(torch.randint(len(self.signs), (1,), generator=gen))]
             label = self.labels[sign]
@@ -180,3 +190,15 @@ class RP2Training(Defense):
                 xs.append(torch.from_numpy(render_with_sticker(shown, colors, result.region)))
                 ys.append(torch.full((c.views,), label, dtype=y.dtype))
         return torch.cat(xs), torch.cat(ys)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor,
+             aux: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``distill`` x KL(starting model || model) on the clean images, so the sticker training moves the
+        clean decisions as little as it can."""
+        if not self.cfg.distill:
+            return None
+        n = self.n_clean
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher(x[:n]), dim=1)
+        return self.cfg.distill * F.kl_div(F.log_softmax(logits[:n], dim=1), target, log_target=True,
+                                           reduction="batchmean")
