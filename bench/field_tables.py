@@ -138,8 +138,7 @@ def readme(summary: Dict[str, Any], rendered: Mapping[str, Any], models: Mapping
             c = checks[m, d] = done_when(b, x)
             md.append("| %s | %s | %s | %s | %s | %s |" % (
                 m, d, fmt_rate(b["accuracy"]), fmt_rate(x["accuracy"]), fmt_rate(x.get("gate_fired")),
-                "holds" if c["holds"] else "does not hold (baseline fooled %s, defended reads stop %s)" % (
-                    pct(c["undefended_fooled"]), pct(c["defended_reads_stop"]))))
+                status(c)))
     summary["done_when"] = [{"model": m, "drive": d, **c} for (m, d), c in checks.items()]
     md += ["", verdict(checks)]
     md += ["", "`sticker_baseline` = the strongest sticker made on the undefended baseline (a transfer attack on "
@@ -177,6 +176,18 @@ def readme(summary: Dict[str, Any], rendered: Mapping[str, Any], models: Mapping
     return "\n".join(md) + "\n"
 
 
+def status(c: Mapping[str, Any]) -> str:
+    """One drive's cell: holds; does not apply (the sticker does not fool the undefended bundle, so there is
+    nothing for the defense to beat, however it reads); or does not hold."""
+    if c["holds"]:
+        return "holds"
+    if c["undefended_fooled"] < FOOLED and c["defended_reads_stop"] >= READS_STOP:
+        return "does not apply: the sticker fools the baseline in %s only; defended reads stop %s" % (
+            pct(c["undefended_fooled"]), pct(c["defended_reads_stop"]))
+    return "does not hold (baseline fooled %s, defended reads stop %s)" % (
+        pct(c["undefended_fooled"]), pct(c["defended_reads_stop"]))
+
+
 def verdict(checks: Mapping[tuple, Mapping[str, Any]]) -> str:
     """One sentence: for which (model, drive) the issue's criterion holds, else the closest miss."""
     held = [k for k, c in checks.items() if c["holds"]]
@@ -187,7 +198,7 @@ def verdict(checks: Mapping[tuple, Mapping[str, Any]]) -> str:
         # adaptive sticker still wins, so a pass against a transferred sticker is not read as robustness
         for m in dict.fromkeys(m for m, d in held if not d.startswith("adaptive_")):
             c = checks.get((m, "adaptive_" + m))
-            if c is not None and not c["holds"]:
+            if c is not None and not c["holds"] and c["defended_reads_stop"] < READS_STOP:
                 text += ("  Against its own adaptive sticker `%s` reads stop in %s of frames (baseline fooled in %s): "
                          "it does not hold against an attacker who knows the defense." % (
                              m, pct(c["defended_reads_stop"]), pct(c["undefended_fooled"])))

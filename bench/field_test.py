@@ -47,12 +47,13 @@ from signguard.cli import main as signguard  # noqa: E402
 MODELS = {"baseline": "runs/sweep/synthetic/baseline", "doa": "runs/doa_s10",
           "column_smoothing": "runs/column_smoothing", "prn_gate": "runs/prn/synthetic",
           "blurnet_tv": "runs/sweep/synthetic/blurnet_tv", "patchcleanser": "runs/patchcleanser",
-          "deep_defense": "runs/deep_defense/gpu/synthetic_c10/last.json", "rp2_at": "runs/rp2_at"}
+          "deep_defense": "runs/deep_defense/gpu/synthetic_c10/last.json", "rp2_at": "runs/rp2_at",
+          "rp2_at_distill": "runs/rp2_at_distill"}
 UNDEFENDED = "baseline"
 #: models whose own stickers are made here, with their RP2 steps (RP2's default 300 for all; column smoothing's EOT
 #: averages its 32 ablations every step, ~1.2 s a step at one thread against ~0.25 s, and still fits the budget)
 ATTACKED = {"baseline": 300, "doa": 300, "column_smoothing": 300, "prn_gate": 300, "patchcleanser": 300,
-            "deep_defense": 300, "rp2_at": 300}
+            "deep_defense": 300, "rp2_at": 300, "rp2_at_distill": 300}
 KINDS = ("whitebox", "lowfreq")
 #: BlurNet-TV keeps the adaptive sticker of its own report (its TV regulariser in the attack loss)
 EXTRA_ADAPTIVE = {"blurnet_tv": "reports/blurnet/stickers/rp2_regularizer__tv_1e-4"}

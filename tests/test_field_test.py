@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.field_stickers import FALLBACK_TARGET, strongest, worst_target
-from bench.field_tables import done_when, verdict
+from bench.field_tables import done_when, status, verdict
 from edge.errors import SignguardError
 from edge.events import make_event
 from edge.field_report import build_report
@@ -85,6 +85,12 @@ def test_done_when_needs_both_the_fooled_baseline_and_the_defended_reading_stop(
     assert "holds** for `dd` on `sticker_baseline`" in both
     assert "Against its own adaptive sticker `dd` reads stop in 0.0% of frames (baseline fooled in 85.0%)" in both
     assert "adaptive" not in verdict({("dd", "sticker_baseline"): c, ("dd", "adaptive_dd"): c}).split("table).")[1]
+    # an adaptive sticker that fools neither bundle is no loss for the defense: not reported as one
+    unfooled = done_when(holds, holds)
+    assert "adaptive" not in verdict({("dd", "sticker_baseline"): c, ("dd", "adaptive_dd"): unfooled}).split(
+        "table).")[1]
+    assert status(unfooled).startswith("does not apply") and status(c) == "holds"
+    assert status(done_when(fooled, fails)).startswith("does not hold")
 
 
 def _sticker(folder: Path, target: str) -> Path:
