@@ -137,7 +137,7 @@ def field_markdown(field: dict[str, Any], fp32: dict[str, Any], sticker: dict[st
            "The sticker is non-adaptive: made against the undefended baseline, not against the defenses (the PRN "
            "gate was trained on RP2 sticker views for every target, as configs/prn.yaml does, and rp2_at on "
            "stickers made against itself during training; reports/prn and reports/sticker_robustness have the "
-           "adaptive attacks: rp2_at's full recipe holds its own strongest sticker to a 2.5% worst target).  "
+           "adaptive attacks: none of its own 300-step stickers fools the full recipe, configs/rp2_at_distill.yaml).  "
            "The FP32 columns are the same bundles' FP32 graphs: a difference from INT8 is what quantization did "
            "to the model and its gate.  Intervals: Wilson 95% over classified frames; the frames of one drive-by "
            "are one pass past one sign (neighbouring frames see nearly the same pose), so they understate the "
