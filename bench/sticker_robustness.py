@@ -56,11 +56,11 @@ ATTACK_ARGS = ("sign", "views", "heldout", "steps", "seed")  # the settings a ca
 RP2_KEYS = ("clean_view_acc", "avg_asr", "worst_asr", "worst_target", "avg_untargeted_asr")
 
 
-def strongest(evaluations: list[dict]) -> list[int]:
-    """Per target, which of several attacks' :func:`evaluate_stickers` results reached the higher targeted
+def strongest(evaluations: list[dict], key: str = "targeted_success") -> list[int]:
+    """Per target, which of several attacks' :func:`evaluate_stickers` results reached the higher ``key``
     success (the first on a tie): an attacker with more than one surrogate keeps the better sticker per target."""
     per = [e["per_target"] for e in evaluations]
-    return [int(np.argmax([p[i]["targeted_success"] for p in per])) for i in range(len(per[0]))]
+    return [int(np.argmax([p[i][key] for p in per])) for i in range(len(per[0]))]
 
 
 def merged(evaluations: list[dict], picks: list[int]) -> dict:
@@ -68,25 +68,35 @@ def merged(evaluations: list[dict], picks: list[int]) -> dict:
     return {**evaluations[0], "per_target": [evaluations[a]["per_target"][i] for i, a in enumerate(picks)]}
 
 
-def rp2_cell(model, attack_models, train_views, heldout, label, targets, steps, dct_dim, seed, meta,
-             deployed=None) -> tuple[dict, dict | None]:
-    """RP2 stickers made on each of ``attack_models`` for every target, scored on ``model`` (the sweep's RP2
-    row; per target the stronger attack's sticker) and, with their colours rounded to the printed PNG's 8 bits,
-    the same stickers on the ``deployed`` graph."""
+def sticker_attack(model, attack_models, train_views, heldout, label, targets, steps, dct_dim, seed, deployed=None,
+                   untargeted=False) -> tuple[dict, dict | None]:
+    """RP2 stickers made on each of ``attack_models`` for ``targets`` (untargeted: away from ``label``), scored
+    on ``model``, per target the stronger attack's sticker; and the same stickers, their colours rounded to the
+    printed PNG's 8 bits, on the ``deployed`` graph."""
     ours, theirs = [], []
     for attack_model in attack_models:
-        res = RP2(attack_model, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct_dim)(
-            train_views, targets, seed=seed)
+        res = RP2(attack_model, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct_dim,
+                  untargeted=untargeted)(train_views, [label] if untargeted else targets, seed=seed)
         ours.append(evaluate_stickers(model, heldout, res, label=label))
         if deployed is not None:
             printed = dataclasses.replace(res, stickers=np.round(res.stickers * 255.0) / 255.0)
             theirs.append(evaluate_stickers(deployed, heldout, printed, label=label))
-    picks = strongest(ours)  # chosen on the PyTorch model; the INT8 graph gets the same stickers
-    row = rp2_row(merged(ours, picks), meta)
-    if deployed is None:
-        return {k: row[k] for k in RP2_KEYS}, None
-    dep = rp2_row(merged(theirs, picks), meta)
-    return {k: row[k] for k in RP2_KEYS}, {k: dep[k] for k in RP2_KEYS}
+    # chosen on the PyTorch model; the INT8 graph gets the same stickers
+    picks = strongest(ours, "untargeted_success" if untargeted else "targeted_success")
+    return merged(ours, picks), (merged(theirs, picks) if deployed is not None else None)
+
+
+def rp2_cell(model, attack_models, train_views, heldout, label, targets, steps, dct_dim, seed, meta,
+             deployed=None) -> tuple[dict, dict | None]:
+    """The sweep's RP2 row for every target (:func:`sticker_attack`), on ``model`` and on the ``deployed`` graph."""
+    ours, theirs = sticker_attack(model, attack_models, train_views, heldout, label, targets, steps, dct_dim, seed,
+                                  deployed)
+
+    def cells(evaluation: dict) -> dict:
+        row = rp2_row(evaluation, meta)
+        return {k: row[k] for k in RP2_KEYS}
+
+    return cells(ours), (None if theirs is None else cells(theirs))
 
 
 def attack_views(model) -> list:
@@ -107,38 +117,32 @@ def untargeted_cells(model, views, train_views, heldout, label, steps, seed, dep
                      ) -> tuple[dict, dict | None]:
     """Untargeted RP2 (the CW margin away from the sign's label; DOA's threat model), white-box and
     low-frequency, through each surrogate: per variant the share of held-out poses whose prediction the
-    stronger sticker changes, and the same sticker (colours rounded to 8 bits) on the ``deployed`` graph."""
+    stronger sticker changes, on ``model`` and with the same sticker on the ``deployed`` graph."""
     ours, theirs = {}, {}
     for key, dct_dim in (("whitebox", 0), ("lowfreq", 16)):
-        best = None
-        for view in views:
-            res = RP2(view, steps=steps, lr=0.03, lam=0.002, views_per_step=10, dct_dim=dct_dim, untargeted=True)(
-                train_views, [label], seed=seed)
-            rate = evaluate_stickers(model, heldout, res, label=label)["per_target"][0]["untargeted_success"]
-            if best is None or rate > best[0]:
-                best = (rate, res)
-        ours[key] = best[0]
-        if deployed is not None:
-            printed = dataclasses.replace(best[1], stickers=np.round(best[1].stickers * 255.0) / 255.0)
-            theirs[key] = evaluate_stickers(deployed, heldout, printed, label=label)["per_target"][0][
-                "untargeted_success"]
+        on_model, on_graph = sticker_attack(model, views, train_views, heldout, label, [], steps, dct_dim, seed,
+                                            deployed, untargeted=True)
+        ours[key] = on_model["per_target"][0]["untargeted_success"]
+        if on_graph is not None:
+            theirs[key] = on_graph["per_target"][0]["untargeted_success"]
     return ours, (theirs if deployed is not None else None)
 
 
 def _load(path: str, args: argparse.Namespace, bundle: str | None):
-    """(model, meta, the sign's index in the model's label space, the INT8 graph or None)."""
+    """(model, meta, its classes, the sign's index in them, the INT8 graph or None)."""
     model, meta = load_checkpoint(path)
     classes = list(meta.get("classes") or LISA_CLASSES)
     if args.sign not in classes:
         raise SystemExit(f"{path}: the model has no class {args.sign!r} to attack (its classes: {classes})")
     # the rendered LISA-18 sign, in the model's label space (GTSRB-32: 14)
-    return model, meta, classes.index(args.sign), None if bundle is None else BundleClassifier(bundle, "int8")
+    return (model, meta, classes, classes.index(args.sign),
+            None if bundle is None else BundleClassifier(bundle, "int8"))
 
 
 def add_untargeted(row: dict, path: str, args: argparse.Namespace, train_views, heldout, bundle: str | None,
                    loaded=None) -> dict:
     """``row`` with its untargeted-RP2 cells (also for a cached row measured before they existed)."""
-    model, _, stop, deployed = loaded or _load(path, args, bundle)
+    model, _, _, stop, deployed = loaded or _load(path, args, bundle)
     t0 = time.time()
     row["rp2_untargeted"], on_int8 = untargeted_cells(model, attack_views(model), train_views, heldout, stop,
                                                       args.steps, args.seed, deployed)
@@ -150,9 +154,8 @@ def add_untargeted(row: dict, path: str, args: argparse.Namespace, train_views, 
 
 def evaluate(label: str, path: str, args: argparse.Namespace, train_views, heldout, bundle: str | None = None
              ) -> dict:
-    loaded = model, meta, stop, deployed = _load(path, args, bundle)
+    loaded = model, meta, classes, stop, deployed = _load(path, args, bundle)
     views = attack_views(model)
-    classes = list(meta.get("classes") or LISA_CLASSES)
     targets = [c for c in range(len(classes)) if c != stop]
     row = {"model": label, "defense": meta["defense"], "test_acc": test_accuracy(model, meta),
            "data": data_name(meta["recipe"]["data"]), "n_classes": len(classes)}

@@ -95,6 +95,10 @@ def test_the_strongest_sticker_is_kept_per_target_and_the_same_sticker_scores_th
     # the INT8 graph is scored with the stickers chosen on PyTorch, even where another would do better there
     int8_soft, int8_bpda = _evaluation([0.9, 0.4, 0.0]), _evaluation([0.2, 0.8, 0.0])
     assert [p["targeted_success"] for p in sr.merged([int8_soft, int8_bpda], picks)["per_target"]] == [0.2, 0.4, 0.0]
+    # untargeted stickers are picked by the share of poses they change, not by a target they do not have
+    a, b = _evaluation([0.0, 0.0]), _evaluation([0.0, 0.0])
+    a["per_target"][0]["untargeted_success"], b["per_target"][0]["untargeted_success"] = 0.2, 0.6
+    assert sr.strongest([a, b], "untargeted_success") == [1, 0] and sr.strongest([a, b]) == [0, 0]
 
 
 def test_a_gated_models_row_records_both_surrogates_and_an_older_row_is_measured_again(tmp_path, monkeypatch):
