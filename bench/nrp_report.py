@@ -56,8 +56,9 @@ def _save_png(fig, path: Path) -> None:
 # ---------------------------------------------------------------------------- layers (Fig. 4)
 
 
-def layer_study(n: int, eps: float, steps: int, seed: int) -> dict[str, Any]:
-    """SSP at each layer of the extractor; accuracy of each selection classifier on the examples (and on
+def layer_study(n: int, eps: float, steps: int, seed: int, extractor: str = EXTRACTOR,
+                layers: tuple[str, ...] = LAYERS) -> dict[str, Any]:
+    """SSP at each of ``layers`` of ``extractor``; accuracy of each selection classifier on the examples (and on
     random-sign noise of the same budget, what a feature-blind perturbation does)."""
     from train.attacks.ssp import SSP
     from train.checkpoint import load_checkpoint
@@ -75,9 +76,9 @@ def layer_study(n: int, eps: float, steps: int, seed: int) -> dict[str, Any]:
             return {s: metrics.accuracy(m(xa).argmax(1).numpy(), y.numpy()) for s, (m, _) in models.items()}
 
     clean, rows = scores(x), []
-    for layer in LAYERS:
+    for layer in layers:
         t0 = time.time()
-        atk = SSP(models[SELECTION[0]][0], extractor=str(ROOT / EXTRACTOR), layer=layer, eps=eps, alpha=eps / 8,
+        atk = SSP(models[SELECTION[0]][0], extractor=str(ROOT / extractor), layer=layer, eps=eps, alpha=eps / 8,
                   steps=steps)
         r = atk(x, y, seed=seed)
         acc = scores(r.x_adv)
@@ -86,25 +87,31 @@ def layer_study(n: int, eps: float, steps: int, seed: int) -> dict[str, Any]:
                      "seconds": round(time.time() - t0, 1)})
         print(f"  {layer}: accuracy {acc}", flush=True)
     best = max(rows, key=lambda r: r["mean_drop"])
-    return {"selection_models": list(SELECTION), "extractor": EXTRACTOR, "n": n, "eps": eps, "steps": steps,
-            "alpha": eps / 8, "seed": seed, "clean_acc": clean, "random_sign_noise_acc": scores(noise),
+    arch = load_checkpoint(ROOT / extractor)[1]["architecture"]["name"]
+    return {"selection_models": list(SELECTION), "extractor": extractor, "architecture": arch, "n": n, "eps": eps,
+            "steps": steps, "alpha": eps / 8, "seed": seed, "clean_acc": clean, "random_sign_noise_acc": scores(noise),
             "rows": rows, "chosen": best["layer"], "machine": machine()}
 
 
-def write_layers(res: dict[str, Any]) -> None:
+def write_layers(res: dict[str, Any], stem: str = "ssp_layers") -> None:
+    """``<stem>.{md,json,png}``; the default stem is the recipe's extractor, whose chosen layer configs/nrp.yaml
+    trains on, any other a comparison (``--extractor``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sel = res["selection_models"]
+    sel, default = res["selection_models"], stem == "ssp_layers"
+    cmd = "python bench/nrp_report.py layers" + ("" if default else (
+        f" --extractor {res['extractor']} --layers {','.join(r['layer'] for r in res['rows'])} --stem {stem}"))
     pct = "% | ".join
-    lines = ["# SSP layer choice (NRP Fig. 4 at 32x32)", "",
-             "Regenerate: `python bench/nrp_report.py layers` (needs `runs/nrp/extractor`, trained by "
-             "`signguard train --config configs/nrp_extractor.yaml --run-dir runs/nrp/extractor`).", "",
+    lines = [f"# SSP layer choice (NRP Fig. 4 at 32x32), extractor `{res['architecture']}`", "",
+             f"Regenerate: `{cmd}` (needs `{res['extractor']}`, trained by `signguard train`: "
+             + ("`configs/nrp_extractor.yaml`" if default else "`configs/nrp_extractor.yaml --set model.name="
+                f"{res['architecture']}`") + ").", "",
              f"SSP (L-inf eps {res['eps'] * 255:.0f}/255, {res['steps']} steps of {res['alpha'] * 255:.0f}/255, "
-             f"random first step) at each ReLU of the extractor (`vgg_small`, `{res['extractor']}`), scored on "
-             f"{res['n']} test images by two **selection classifiers** (" + ", ".join(f"`{s}`" for s in sel)
+             f"random first step) at each layer of the extractor (`{res['architecture']}`, `{res['extractor']}`), "
+             f"scored on {res['n']} test images by two **selection classifiers** (" + ", ".join(f"`{s}`" for s in sel)
              + ") -- LISA-CNNs the purifier is never evaluated behind, so the choice does not peek at the "
              f"evaluation.  Seed {res['seed']}.  Machine: {res['machine']}.", "",
              "| layer | " + " | ".join(f"accuracy, {Path(s).name}" for s in sel)
@@ -117,15 +124,17 @@ def write_layers(res: dict[str, Any]) -> None:
         lines.append(f"| SSP at {r['layer']}{mark} | " + pct(f"{100 * r['adv_acc'][s]:.1f}" for s in sel)
                      + f"% | {100 * r['mean_drop']:.1f} pts | {r['feature_distortion']:.4f} |")
     lines += ["", f"Chosen: `{res['chosen']}`, the layer whose feature-space adversaries transfer best (largest mean "
-              "accuracy drop of the selection classifiers); `configs/nrp.yaml` trains the purifier on it.", ""]
-    atomic_write_text(OUT / "ssp_layers.md", "\n".join(lines))
-    atomic_write_json(OUT / "ssp_layers.json", res)
+              "accuracy drop of the selection classifiers); " + ("`configs/nrp.yaml` trains the purifier on it."
+                                                                 if default else "the comparison purifiers of "
+                                                                 "[extractor.md](extractor.md) train on it."), ""]
+    atomic_write_text(OUT / f"{stem}.md", "\n".join(lines))
+    atomic_write_json(OUT / f"{stem}.json", res)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar([r["layer"].split(".")[-1] for r in res["rows"]], [100 * r["mean_drop"] for r in res["rows"]])
     ax.set_ylabel("mean accuracy drop of the selection models (pts)")
-    ax.set_title(f"SSP at each extractor layer, eps {res['eps'] * 255:.0f}/255", fontsize=9)
+    ax.set_title(f"SSP at each {res['architecture']} layer, eps {res['eps'] * 255:.0f}/255", fontsize=9)
     fig.tight_layout()
-    _save_png(fig, OUT / "ssp_layers.png")
+    _save_png(fig, OUT / f"{stem}.png")
 
 
 # ---------------------------------------------------------------------------- report
@@ -213,7 +222,8 @@ def findings(results, layers, train_logs, through) -> list[str]:
             f"while it takes the extractor itself (a LISA-18 classifier) from {_pct(tr['extractor_clean'])} to "
             f"{_pct(tr['ssp_on_extractor'])}, label-free.  The paper's premise -- feature-space adversaries "
             "of one VGG transfer widely -- is much weaker between a 32x32 VGG and LISA-CNNs, so the "
-            "self-supervised training signal says little about the perturbations that break these classifiers.",
+            "self-supervised training signal says little about the perturbations that break these classifiers."
+            + extractor_finding(),
             f"- **Scale.**  {steps} purifier steps of 32 images on a 46k-parameter, 1-RRDB purifier (one CPU "
             "thread), against the paper's 23-RRDB purifier trained on 25k images to convergence on four GPUs."
             + scale_finding(),
@@ -228,6 +238,37 @@ def findings(results, layers, train_logs, through) -> list[str]:
             "not claim "
             f"white-box robustness, and the adaptive rows leave at most {_pct(max(adaptive, default=None))} "
             "accuracy.", ""]
+
+
+EXTRACTOR_STUDY = (
+    "Extractor study ([extractor.md](extractor.md)): `signguard train --config configs/nrp_extractor.yaml --set "
+    "model.name=lisa_cnn --set name=nrp_extractor_lisa --run-dir runs/nrp/extractor_lisa`, `python "
+    "bench/nrp_report.py layers --extractor runs/nrp/extractor_lisa --layers conv1,conv2,conv3 --stem "
+    "ssp_layers_lisa_cnn`, purifiers `signguard nrp train --config configs/nrp.yaml --set "
+    "extractor=runs/nrp/extractor_lisa --set layer=conv2 --run-dir runs/nrp/purifier_lisa` (and, larger and longer, "
+    "`--set ssp.steps=10 --set ssp.alpha=0.0078431 --set optim.epochs=4 --set purifier.nf=32 --set purifier.gc=16 "
+    "--set purifier.blocks=2 --run-dir runs/nrp/purifier_lisa_big`), then the `Regenerate` line of extractor.md.")
+
+
+def extractor_finding() -> str:
+    """The measured answer to "is it the extractor?", when the LISA-CNN-extractor study has run
+    (``ssp_layers_lisa_cnn.json`` and ``extractor.json`` from ``bench/nrp_scale.py --stem extractor``)."""
+    layers, study = OUT / "ssp_layers_lisa_cnn.json", OUT / "extractor.json"
+    if not (layers.is_file() and study.is_file()):
+        return ""
+    lay, s = json.loads(layers.read_text(encoding="utf-8")), json.loads(study.read_text(encoding="utf-8"))
+    first = next(iter(s["training"]))  # the recipe's (VGG-extractor) purifier; the others use the LISA-CNN one
+    best = max(lay["rows"], key=lambda r: r["mean_drop"])
+    other = [c for c in s["cells"] if c["purifier"] != first]
+    syn = [c for c in other if c["classifier"] != "gtsrb32"]
+    gtsrb = [c for c in other if c["classifier"] == "gtsrb32"]
+    return (f"  Measured ([extractor.md](extractor.md)): with a LISA-CNN extractor (the classifiers' own "
+            f"architecture, trained on the seed-7 signs) SSP at `{best['layer']}` costs the selection LISA-CNNs "
+            f"{100 * best['mean_drop']:.1f} points ([ssp_layers_lisa_cnn.md](ssp_layers_lisa_cnn.md)), and "
+            f"purifiers trained on it restore at most {100 * max(c['restored'] for c in syn):.1f}% on the synthetic "
+            f"signs under the same PGD 16/255, at a GTSRB-32 clean cost of up to "
+            f"{100 * max(c['clean_bare'] - c['clean'] for c in gtsrb):.1f} points: closer feature spaces help "
+            "a little, not to the target.")
 
 
 def scale_finding() -> str:
@@ -259,7 +300,7 @@ def markdown(results, clean, rows, layers, train_logs, device, through) -> str:
              "`signguard nrp train --config configs/nrp.yaml --run-dir runs/nrp/purifier` (ablations: `--set "
              "loss.lam=0 --run-dir runs/nrp/purifier_no_feat`, `--set loss.alpha=0 --run-dir "
              "runs/nrp/purifier_no_gan`, `--set loss.gamma=0.01 --run-dir runs/nrp/purifier_paper_weights`), then "
-             "`python bench/nrp_report.py report`.", "",
+             "`python bench/nrp_report.py report`.", "", EXTRACTOR_STUDY, "",
              f"Machine: {machine()}.  Full sweep tables (every threat model, budget and attack parameter): "
              "[eval/report.md](eval/report.md).  SSP layer: `" + layers["chosen"] + "` of the extractor, chosen "
              "by transferability to two LISA-CNNs outside the evaluation ([ssp_layers.md](ssp_layers.md)).", "",
@@ -403,12 +444,16 @@ def main() -> int:
     p.add_argument("--n", type=int, default=300, help="layers: test images of the selection classifier")
     p.add_argument("--steps", type=int, default=30, help="layers: SSP iterations")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extractor", default=EXTRACTOR, help="layers: the extractor run (default: the recipe's)")
+    p.add_argument("--layers", default=",".join(LAYERS), help="layers: comma-separated module names to attack")
+    p.add_argument("--stem", default="ssp_layers", help="layers: output file stem under reports/nrp/")
     args = p.parse_args()
     torch.set_num_threads(1)
     os.chdir(ROOT)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.stage == "layers":
-        write_layers(layer_study(args.n, 16 / 255, args.steps, args.seed))
+        layers = tuple(x for x in args.layers.split(",") if x)
+        write_layers(layer_study(args.n, 16 / 255, args.steps, args.seed, args.extractor, layers), args.stem)
         return 0
     run_report()
     return 0

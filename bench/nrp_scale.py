@@ -11,6 +11,9 @@ classifier (the report's ``pgd16_transfer``: L-inf, 10 steps of 4/255, random st
 (``--n`` per classifier, seed 0).  Per cell: accuracy behind the purifier, the share of the bare classifier's
 clean accuracy it restores, and the share of the perturbation it lets through (``||P(x') - P(x)|| / ||x' - x||``).
 Each purifier's size and training length come from its own run folder.
+
+The same measurement answers the extractor question (``--stem extractor``): purifiers trained on SSP from a
+LISA-CNN extractor (the evaluated classifiers' own architecture) beside the recipe's VGG-extractor purifier.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def training_of(run: Path, pur: torch.nn.Module, meta: dict) -> dict:
     return {"params": sum(p.numel() for p in pur.parameters()), "architecture": meta["architecture"],
             "steps": last["steps"], "batch": rec["optim"]["batch_size"], "ssp_steps": rec["ssp"]["steps"],
             "epochs_done": last["epoch"] + 1, "epochs_planned": rec["optim"]["epochs"],
+            "extractor": rec["extractor"], "layer": rec["layer"],
             "val_ssp_distortion": [last["dist_adv"], last["dist_purified"]]}
 
 
@@ -69,18 +73,20 @@ def measure(purifiers: dict[str, str], n: int, seed: int) -> dict:
 
 def markdown(res: dict, args: argparse.Namespace, wall: float) -> str:
     cmd = " ".join(f"--purifier {p}" for p in args.purifier)
-    lines = ["# NRP: does a longer, larger purifier restore more?", "",
-             f"Regenerate: `python bench/nrp_scale.py {cmd} --n {args.n}`.  Machine: {platform.machine()}, "
+    stem = "" if args.stem == "scale" else f" --stem {args.stem} --title '{args.title}'"
+    lines = [f"# NRP: {args.title}", "",
+             f"Regenerate: `python bench/nrp_scale.py {cmd} --n {args.n}{stem}`.  Machine: {platform.machine()}, "
              f"{os.cpu_count()} CPUs, torch {torch.__version__}; wall {wall:.0f} s.", "",
              "PGD 16/255 made on the bare classifier (L-inf, 10 steps of 4/255), scored through each purifier; "
              f"{args.n} test images per classifier.  Each cell: accuracy behind the purifier (share of the bare "
              "classifier's clean accuracy restored; share of the perturbation let through, 1 = untouched).", "",
              "Training: each run's own record; its last column is on the run's own held-out SSP examples, made "
              "with its own SSP steps (so runs with different SSP steps differ there before purification).", "",
-             "| purifier | parameters | steps x batch | SSP steps | epochs | val SSP feature distortion -> purified |",
-             "|---|---|---|---|---|---|"]
+             "| purifier | extractor / SSP layer | parameters | steps x batch | SSP steps | epochs "
+             "| val SSP feature distortion -> purified |", "|---|---|---|---|---|---|---|"]
     for name, t in res["training"].items():
-        lines.append(f"| {name} | {t['params']:,} | {t['steps']} x {t['batch']} | {t['ssp_steps']} | "
+        lines.append(f"| {name} | `{t['extractor']}` / `{t['layer']}` | {t['params']:,} | "
+                     f"{t['steps']} x {t['batch']} | {t['ssp_steps']} | "
                      f"{t['epochs_done']} of {t['epochs_planned']} | {t['val_ssp_distortion'][0]:.3f} -> "
                      f"{t['val_ssp_distortion'][1]:.3f} |")
     names = list(res["training"])
@@ -102,6 +108,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=300, help="test images per classifier")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "nrp")
+    p.add_argument("--stem", default="scale", help="output file stem under --out (scale: the scale study)")
+    p.add_argument("--title", default="does a longer, larger purifier restore more?", help="the report's question")
     args = p.parse_args()
     purifiers = {}
     for spec in args.purifier:
@@ -112,9 +120,9 @@ def main() -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     res = measure(purifiers, args.n, args.seed)
-    atomic_write_json(args.out / "scale.json", {**res, "args": {**vars(args), "out": str(args.out)}})
-    atomic_write_text(args.out / "scale.md", markdown(res, args, time.time() - t0))
-    print(f"-> {args.out / 'scale.md'}")
+    atomic_write_json(args.out / f"{args.stem}.json", {**res, "args": {**vars(args), "out": str(args.out)}})
+    atomic_write_text(args.out / f"{args.stem}.md", markdown(res, args, time.time() - t0))
+    print(f"-> {args.out / args.stem}.md")
     return 0
 
 
