@@ -226,8 +226,10 @@ class _Job:
         return refs[0]
 
 
-# float32 rounding relative to the output's scale: a few ulps (1.19e-7) accumulated over a LISA-CNN's sums
-FP32_REL_TOL = 2e-6
+# float32 rounding relative to the output's scale: tens of ulps (1.19e-7) accumulated over a graph's sums.  Measured
+# worst: GTSRB-32's FRU (q = 1, twelve unit convs on LISA-CNN's three) runs 1.06e-4 from a float64 forward in
+# onnxruntime at max |logit| 42 (2.5e-6 of it; PyTorch float32: 1.7e-5), whether or not ORT optimises the graph
+FP32_REL_TOL = 4e-6
 
 
 def fp32_parity_bound(ref: np.ndarray, tol: float) -> float:
