@@ -47,7 +47,8 @@ DATASETS = {
                     ("fru_q50_e30_p76", "the same on 76 real"),
                     ("fru_q100_e30", "q 1.0 (every channel), 26 real"),
                     ("fru_p76", "q 1.0 on 76 real"),
-                    ("fru", "q 1.0 on 125 real: the recipe")],
+                    ("fru_p125", "q 1.0 on 125 real (an earlier run of the recipe's settings)"),
+                    ("fru", "q 1.0 on 125 real: the recipe (CPU training is not bit-reproducible here)")],
                 # a fact about the runs on disk, which their checkpoints do not record
                 "ablation_note": "The ablation runs are trained for 8 epochs (`python bench/fru_report.py ablations "
                                  "--dataset gtsrb32 --epochs 8`) on the 76 training perturbations of the time (sPGD "
@@ -283,7 +284,7 @@ def ablation_rows(ds: str, base, x, y) -> list[dict]:
     return out
 
 
-def recipe_step_rows(ds: str, base, x, y, steps: list[tuple[str, str]]) -> list[dict]:
+def recipe_step_rows(ds: str, base, x, y, steps: list[list[str]]) -> list[dict]:
     """Held-out restoration of each run that led to the dataset's recipe (``DATASETS[ds]["recipe_steps"]``)."""
     from train.checkpoint import load_checkpoint
     from train.eval.fru_restoration import heldout_set, restoration_row, summarize
@@ -355,7 +356,7 @@ def measure(ds: str) -> dict:
     res["ablations"] = _cached(root / "cache" / "ablations.json", {**key, "runs": runs},
                                lambda: ablation_rows(ds, base, x, y))
     if "recipe_steps" in spec:
-        steps = [(r, note) for r, note in spec["recipe_steps"] if (root / r / "model.json").is_file()]
+        steps = [[r, note] for r, note in spec["recipe_steps"] if (root / r / "model.json").is_file()]  # JSON-able key
         res["recipe_steps"] = _cached(root / "cache" / "recipe_steps.json", {**key, "runs": steps},
                                       lambda: recipe_step_rows(ds, base, x, y, steps))
     st = _cached(root / "cache" / "stickers.json", key, lambda: stickers(base, fru, meta_b, meta_f))
