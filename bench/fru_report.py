@@ -263,14 +263,14 @@ def ranking(ds: str, base, x, y) -> dict:
             "masking": mask, "n_images": len(xs), "perturbations": [Path(m["file"]).parent.name for m in metas]}
 
 
-def ablation_rows(ds: str, base, x, y) -> list[dict]:
-    """Restoration summary of the main FRU and of every trained ablation run of ``ds``."""
+def ablation_rows(ds: str, base, x, y, names: list[str] | None = None) -> list[dict]:
+    """Restoration summary of the main FRU and of every trained ablation run of ``ds`` (or of the runs ``names``)."""
     from train.checkpoint import load_checkpoint
     from train.eval.fru_restoration import heldout_set, restoration_row, summarize
 
     held = heldout_set(run_root(ds) / "perturbations" / "test", AKHTAR_N, DATASETS[ds]["xi"], seed=0)
     out = []
-    for name in ["fru", *(f"ablation_{a}" for a in ABLATIONS)]:
+    for name in names or ["fru", *(f"ablation_{a}" for a in ABLATIONS)]:
         run = run_root(ds) / name
         if not (run / "model.json").is_file():
             continue
@@ -286,17 +286,10 @@ def ablation_rows(ds: str, base, x, y) -> list[dict]:
 
 def recipe_step_rows(ds: str, base, x, y, steps: list[list[str]]) -> list[dict]:
     """Held-out restoration of each run that led to the dataset's recipe (``DATASETS[ds]["recipe_steps"]``)."""
-    from train.checkpoint import load_checkpoint
-    from train.eval.fru_restoration import heldout_set, restoration_row, summarize
-
-    held = heldout_set(run_root(ds) / "perturbations" / "test", AKHTAR_N, DATASETS[ds]["xi"], seed=0)
-    out = []
-    for run, note in steps:
-        model, meta = load_checkpoint(run_root(ds) / run)
-        s = summarize([restoration_row(base, model, x, y, v) for _, v, _ in held])
-        out.append({"run": run, "change": note, "test_acc": meta["metrics"]["test_acc"],
-                    **{k: s[k] for k in ("restoration_def", "min_restoration_def", "fooling_def")}})
-    return out
+    rows = {r["run"]: r for r in ablation_rows(ds, base, x, y, [run for run, _ in steps])}
+    return [{"run": run, "change": note, **{k: rows[run][k] for k in ("test_acc", "restoration_def",
+                                                                       "min_restoration_def", "fooling_def")}}
+            for run, note in steps]
 
 
 def stickers(base, fru, meta_base, meta_fru, steps: int = 60) -> dict | None:
