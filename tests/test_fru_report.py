@@ -1,17 +1,46 @@
-"""bench/fru_report.py: re-measuring one dataset keeps the other dataset's section of the report."""
+"""bench/fru_report.py: re-measuring one dataset keeps the other dataset's section of the report, and the rows
+of runs that are not on this machine."""
 
 from __future__ import annotations
-
-import json
 
 from bench import fru_report
 
 
-def test_report_for_one_dataset_keeps_the_others_numbers(tmp_path):
-    path = tmp_path / "results.json"
-    assert fru_report.kept_sections(path, ["gtsrb32"]) == {}  # no earlier report: nothing to keep
+def test_report_for_one_dataset_keeps_the_others_numbers():
+    assert fru_report.kept_sections({}, ["gtsrb32"]) == {}  # no earlier report: nothing to keep
     old = {"lisa18": {"restoration": {"summary": {"restoration_def": 0.957}}},
            "gtsrb32": {"restoration": {"summary": {"restoration_def": 0.839}}}, "machine": "x86_64"}
-    path.write_text(json.dumps(old))
-    assert fru_report.kept_sections(path, ["gtsrb32"]) == {"lisa18": old["lisa18"]}
-    assert fru_report.kept_sections(path, ["lisa18", "gtsrb32"]) == {}
+    assert fru_report.kept_sections(old, ["gtsrb32"]) == {"lisa18": old["lisa18"]}
+    assert fru_report.kept_sections(old, ["lisa18", "gtsrb32"]) == {}
+
+
+def _row(run: str, score: float, **extra) -> dict:
+    return {"run": run, "restoration_def": score, **extra}
+
+
+def test_earlier_rows_are_kept_labelled_by_their_base_and_superseded_on_the_same_base():
+    earlier = {"base": {"test_acc": 0.9352},
+               "ablations": [_row("fru", 0.919), _row("ablation_q25", 0.711)],
+               "recipe_steps": [_row("fru_e30", 0.796), _row("fru", 0.919)]}
+    now = {"base": {"test_acc": 0.9355},
+           "ablations": [_row("fru", 0.93, base_acc=0.9355)],
+           "recipe_steps": [_row("fru", 0.93, base_acc=0.9355)]}
+    res = fru_report.carry_earlier(now, earlier)
+    # runs not on disk survive with the base they were measured on; a name re-used on the new base is renamed
+    assert [(r["run"], r["base_acc"], r["restoration_def"]) for r in res["recipe_steps"]] == [
+        ("fru_e30", 0.9352, 0.796), ("fru (earlier base)", 0.9352, 0.919), ("fru", 0.9355, 0.93)]
+    assert [r["run"] for r in res["ablations"]] == ["fru (earlier base)", "ablation_q25", "fru"]
+    # the next report on the same base replaces its own earlier rows and keeps the rest once
+    again = fru_report.carry_earlier({"base": {"test_acc": 0.9355}, "ablations": [_row("fru", 0.94, base_acc=0.9355)],
+                                      "recipe_steps": [_row("fru", 0.94, base_acc=0.9355)]}, res)
+    assert [(r["run"], r["restoration_def"]) for r in again["recipe_steps"]] == [
+        ("fru_e30", 0.796), ("fru (earlier base)", 0.919), ("fru", 0.94)]
+    assert fru_report.carry_earlier(dict(now), None) == now  # no earlier report: nothing changes
+
+
+def test_held_out_seeds_are_never_training_seeds():
+    # one (method, seed) makes one perturbation on a given base: a shared pair would be scored as "held out"
+    # while the units trained on it (GTSRB-32's sPGD 1-109 once held the test seeds 101-103)
+    test = {(m, s) for m, s, _ in fru_report.TEST_SET}
+    for ds, items in fru_report.TRAIN_SETS.items():
+        assert not test & {(m, s) for m, s, _ in items}, ds
