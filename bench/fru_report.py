@@ -47,11 +47,12 @@ DATASETS = {
                     ("fru_q50_e30_p76", "the same on 76 real"),
                     ("fru_q100_e30", "q 1.0 (every channel), 26 real"),
                     ("fru_p76", "q 1.0 on 76 real"),
-                    ("fru", "q 1.0 on 140 real (sPGD seeds 1-100, UAP seeds 1-40): the recipe")],
+                    ("fru_p140_e30", "q 1.0, 30 epochs on 140 real (sPGD seeds 1-100, UAP seeds 1-40)"),
+                    ("fru", "the same, 40 epochs: the recipe")],
                 # a fact about the runs on disk, which their checkpoints do not record
                 "ablation_note": "The ablation runs are trained for 8 epochs (`python bench/fru_report.py ablations "
                                  "--dataset gtsrb32 --epochs 8`) on the 76 training perturbations of the time (sPGD "
-                                 "seeds 1-60, UAP seeds 1-16), the `fru` row for 30 on all 140; the plot compares "
+                                 "seeds 1-60, UAP seeds 1-16), the `fru` row for 40 on all 140; the plot compares "
                                  "runs of the same length, each varying one setting of the recipe (q = 1.0, 3 "
                                  "layers)."},
 }
@@ -60,8 +61,8 @@ DATASETS = {
 # + 2 UAP to 20 + 6: its PRN restored held-out DeepFool UAPs worst (61-64% against 75-80% for held-out sPGD) with
 # only two of them to learn from (reports/prn/README.md), then to 60 + 16 for FRU (held-out restoration 0.853 ->
 # 0.887).  A later 109 + 16 reused the held-out sPGD seeds 101-103 in training, so its 0.899-0.919 was not held out;
-# the set is now sPGD 1-100 + UAP 1-40 (the held-out DeepFool UAPs restored worst), disjoint from TEST_SET's seeds
-# (tested, and restoration() refuses an overlap).  LISA-18's FRU and PRN meet their targets with 10 + 2.
+# the set is now sPGD 1-100 + UAP 1-40 (more of the DeepFool UAPs, restored worst; 0.945 held out), disjoint from
+# TEST_SET's seeds (tested, and restoration() refuses an overlap).  LISA-18's FRU and PRN meet targets with 10 + 2.
 _UAP = {"batch_size": 8, "max_passes": 15}
 TRAIN_SETS = {
     "lisa18": [("spgd", s, {}) for s in range(1, 11)] + [("uap", s, _UAP) for s in (1, 2)],
