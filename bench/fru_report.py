@@ -216,31 +216,36 @@ def seed_ranges(metas: list[dict]) -> str:
     return ", ".join(parts)
 
 
+def held_out_overlap(test_real: np.ndarray, train_v: np.ndarray, where: Path) -> float:
+    """Largest normalised inner product between a held-out and a training perturbation; an error where one is
+    both (the same seed and method give the same perturbation: it would be scored as held out)."""
+    overlap = max_inner_products(test_real, train_v)
+    if overlap > 0.999:
+        raise SystemExit(f"{where}: a held-out perturbation is also in train/ (normalised inner product "
+                         f"{overlap:.4f}); held-out seeds must not be training seeds")
+    return overlap
+
+
 def restoration(ds: str, base, fru, fru_run: Path, x, y) -> dict:
     """Per held-out perturbation (and a white-box sPGD made on the FRU model itself): restoration rows."""
-    from train.attacks.uap import load_perturbation_set
+    from train.attacks.uap import load_perturbation, load_perturbation_set
     from train.eval.attack_artifacts import universal_perturbation
     from train.eval.fru_restoration import heldout_set, restoration_row, summarize
 
     spec, root = DATASETS[ds], run_root(ds)
     held = heldout_set(root / "perturbations" / "test", AKHTAR_N, spec["xi"], seed=0)
-    rows = [{"name": n, "method": m.get("method", "?"), **restoration_row(base, fru, x, y, v)} for n, v, m in held]
     train_v, _ = load_perturbation_set(root / "perturbations" / "train")
-    test_real = [v for n, v, _ in held if not n.startswith("akhtar")]
+    test_real = np.stack([v for n, v, _ in held if not n.startswith("akhtar")])
+    overlap = held_out_overlap(test_real, train_v, root / "perturbations")  # before any of the costly work
+    rows = [{"name": n, "method": m.get("method", "?"), **restoration_row(base, fru, x, y, v)} for n, v, m in held]
     sec_dir = fru_run / "secondary_spgd_s201"  # beside the FRU checkpoint: made against these weights
     if not (sec_dir / "uap.npy.json").is_file():
         universal_perturbation(fru_run, sec_dir, method="spgd", seed=201, xi=spec["xi"])
-    from train.attacks.uap import load_perturbation
-
     v_sec, _ = load_perturbation(sec_dir / "uap.npy")
     secondary = {"name": "spgd_s201 vs FRU", "method": "spgd (white-box on the FRU model)",
                  **restoration_row(base, fru, x, y, v_sec)}
-    overlap = max_inner_products(np.stack(test_real), train_v)
-    if overlap > 0.999:  # the same seed and method give the same perturbation: it would not be held out
-        raise SystemExit(f"{root / 'perturbations'}: a held-out perturbation is also in train/ (normalised inner "
-                         f"product {overlap:.4f}); held-out seeds must not be training seeds")
     out = {"rows": rows, "summary": summarize(rows), "secondary": secondary, "n_train_real": int(len(train_v)),
-            "max_ip_test": max_inner_products(np.stack(test_real)),
+            "max_ip_test": max_inner_products(test_real),
             "max_ip_test_train": overlap}
     if "xi_check" in spec:
         held = heldout_set(root / "perturbations" / check_folder(spec), AKHTAR_N, spec["xi_check"], seed=0)

@@ -44,3 +44,15 @@ def test_held_out_seeds_are_never_training_seeds():
     test = {(m, s) for m, s, _ in fru_report.TEST_SET}
     for ds, items in fru_report.TRAIN_SETS.items():
         assert not test & {(m, s) for m, s, _ in items}, ds
+
+
+def test_a_held_out_perturbation_found_in_training_stops_the_report(tmp_path):
+    import numpy as np
+    import pytest
+
+    rng = np.random.default_rng(0)
+    train = rng.uniform(-0.1, 0.1, (4, 3, 8, 8)).astype(np.float32)
+    test = rng.uniform(-0.1, 0.1, (2, 3, 8, 8)).astype(np.float32)
+    assert fru_report.held_out_overlap(test, train, tmp_path) < 0.5  # independent noise: far from 1
+    with pytest.raises(SystemExit, match="also in train/"):
+        fru_report.held_out_overlap(np.stack([test[0], train[2]]), train, tmp_path)
