@@ -14,6 +14,7 @@ from train.attacks.uap import SPGDUniversal, apply_universal, load_perturbation_
 from train.checkpoint import load_checkpoint
 from train.config import DataConfig, ModelConfig, OptimConfig, Recipe
 from train.defenses import defense_from_dict
+from train.defenses.base import Step
 from train.defenses.fru import (
     FeatureRegenerationUnit,
     RegeneratedClassifier,
@@ -112,11 +113,24 @@ def test_ranking_picks_the_largest_l1_filters_of_a_hand_made_layer():
 def test_config_errors_name_the_field():
     for bad, field in (({"ratio": 0.0}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"layers": 4}, "layers"),
                        ({"layers": 0}, "layers"), ({"adv_fraction": 0.0}, "adv_fraction"),
-                       ({"n_synthetic": -1}, "n_synthetic")):
+                       ({"n_synthetic": -1}, "n_synthetic"), ({"max_scale": 0.9}, "max_scale")):
         with pytest.raises(ConfigError, match=f"defense.{field}"):
             defense_from_dict({"kind": "fru", "perturbations": "p", **bad})
     with pytest.raises(ConfigError, match="perturbations: required"):
         defense_from_dict({"kind": "fru"})
+
+
+def test_max_scale_draws_budgets_between_the_pools_and_max_scale_times_it():
+    """The added perturbation is the pool's, scaled by a factor in [1, max_scale]: never below the pool's own
+    budget, never above max_scale times it, and spread over the interval rather than fixed."""
+    fru = defense_from_dict({"kind": "fru", "perturbations": "p", "adv_fraction": 1.0, "max_scale": 1.5})
+    fru.pool = torch.full((4, 3, 8, 8), 0.1)
+    x = torch.full((256, 3, 8, 8), 0.5)
+    xb, _ = fru.transform(None, x, torch.zeros(256, dtype=torch.long), Step(0, 0, 0, torch.Generator(), None))
+    factor = (xb - x)[:, 0, 0, 0] / 0.1
+    assert torch.allclose((xb - x) / 0.1, factor.view(-1, 1, 1, 1).expand_as(xb), atol=1e-5)  # one factor per image
+    assert factor.min() >= 1 - 1e-5 and factor.max() <= 1.5 + 1e-5
+    assert factor.max() - factor.min() > 0.4  # 256 uniform draws cover most of [1, 1.5]
 
 
 def test_missing_perturbation_folder_is_a_one_line_error(tmp_path):

@@ -195,7 +195,9 @@ class FRUConfig:
     Training perturbations: the real universal perturbations under ``perturbations`` (a folder of
     ``signguard attack uap`` outputs, made on the frozen base) plus ``n_synthetic`` of Borkar et al.'s
     synthetic mixtures of them (seed ``seed``); ``adv_fraction`` of every batch gets one of the pool, drawn
-    uniformly, the rest stays clean (the paper trains on both in every mini-batch).
+    uniformly, the rest stays clean (the paper trains on both in every mini-batch).  ``max_scale`` > 1
+    multiplies each drawn perturbation by a factor uniform in [1, max_scale]: the units then also see
+    budgets above the one the pool was made at, since the attacker's budget is not known at deploy time.
     """
 
     ratio: float = 0.5
@@ -203,6 +205,7 @@ class FRUConfig:
     perturbations: str = ""
     n_synthetic: int = 2000
     adv_fraction: float = 0.5
+    max_scale: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -215,6 +218,7 @@ class FRUConfig:
         if self.n_synthetic < 0:
             raise ConfigError(f"n_synthetic: expected >= 0, got {self.n_synthetic}")
         check_range(self.adv_fraction, "adv_fraction", lo=0, hi=1, lo_open=True)
+        check_range(self.max_scale, "max_scale", lo=1, hi=4)
 
 
 @register_defense("fru")
@@ -268,6 +272,10 @@ class FRU(Defense):
         k = max(1, int(round(self.cfg.adv_fraction * len(x))))
         which = torch.randperm(len(x), generator=step.generator)[:k]
         pick = torch.randint(len(self.pool), (k,), generator=step.generator)
+        v = self.pool[pick]
+        if self.cfg.max_scale > 1:
+            u = torch.rand((k, 1, 1, 1), generator=step.generator)
+            v = v * (1 + (self.cfg.max_scale - 1) * u)
         x = x.clone()
-        x[which] = (x[which] + self.pool[pick]).clamp(0.0, 1.0)
+        x[which] = (x[which] + v).clamp(0.0, 1.0)
         return x, y
