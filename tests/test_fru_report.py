@@ -56,3 +56,15 @@ def test_a_held_out_perturbation_found_in_training_stops_the_report(tmp_path):
     assert fru_report.held_out_overlap(test, train, tmp_path) < 0.5  # independent noise: far from 1
     with pytest.raises(SystemExit, match="also in train/"):
         fru_report.held_out_overlap(np.stack([test[0], train[2]]), train, tmp_path)
+
+
+def test_larger_budget_sentence_says_how_the_units_were_trained():
+    """The check budget's numbers read differently when the units saw scaled-up training perturbations."""
+    from bench.fru_tables import check_sentence
+
+    check = {"xi": 36 / 255, "summary": {"fooling_base": 0.819, "restoration_def": 0.951, "restoration_base": 0.594,
+                                         "min_restoration_def": 0.93, "fooling_def": 0.1}}
+    plain, scaled = check_sentence(check), check_sentence(check, 1.25)
+    assert "36/255" in plain and "0.951" in plain and "scaled" not in plain
+    assert "uniform in [1, 1.25]" in scaled
+    assert check_sentence(None) == ""
