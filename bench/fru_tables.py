@@ -98,13 +98,17 @@ def sticker_section(st: dict) -> list[str]:
     return lines
 
 
+def scaled(max_scale: float) -> str:
+    """How the training perturbations were scaled (``defense.max_scale``); empty when they were not."""
+    return f", each scaled by a factor uniform in [1, {max_scale:g}]" if max_scale > 1 else ""
+
+
 def check_sentence(check: dict | None, max_scale: float = 1.0) -> str:
     """The held-out set at the larger budget (``xi_check``), where the base's fooling ratio reaches 0.8."""
     if not check:
         return ""
     c = check["summary"]
-    trained = "perturbations made at the smaller budget" + (
-        f", each scaled by a factor uniform in [1, {max_scale:g}]" if max_scale > 1 else "")
+    trained = "perturbations made at the smaller budget" + scaled(max_scale)
     return (f"  At xi = {check['xi'] * 255:.0f}/255 (the same held-out seeds and methods; FRU trained on {trained})"
             f" the base's mean fooling ratio is {c['fooling_base']:.3f}, and FRU restores **"
             f"{c['restoration_def']:.3f}** (worst {c['min_restoration_def']:.3f}; base {c['restoration_base']:.3f}, "
@@ -123,9 +127,8 @@ def dataset_section(res: dict, out: Path) -> list[str]:
              f"{res['fru']['params']:,} unit parameters ({pct(res['fru']['params'] / res['base']['params'])} of the "
              f"base), trained {res['fru']['epochs']} epochs (checkpoint of epoch {res['fru']['best_epoch']} by "
              f"{res['fru']['selected_by']}) on {r['n_train_real']} real + "
-             f"{d['n_synthetic']} synthetic training perturbations"
-             + (f" (each scaled by a factor uniform in [1, {d['max_scale']:g}])" if d.get("max_scale", 1) > 1 else "")
-             + f"; clean test accuracy **{pct(fru_acc)}** ({100 * (fru_acc - base_acc):+.2f} points).", "",
+             f"{d['n_synthetic']} synthetic training perturbations{scaled(d.get('max_scale', 1.0))}; "
+             f"clean test accuracy **{pct(fru_acc)}** ({100 * (fru_acc - base_acc):+.2f} points).", "",
              "### Restoration accuracy against held-out universal perturbations "
              f"(L-inf xi = {res['xi'] * 255:.0f}/255)",
              "", f"On {res['n_eval']} test images, each seen clean and perturbed: restoration = (acc_def(clean) + "
