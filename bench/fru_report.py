@@ -51,7 +51,9 @@ DATASETS = {
                     ("fru_p140_e50", "the same, 50 epochs"),
                     ("fru_p140_e50_s125", "50 epochs, each perturbation scaled by U[1, 1.25] (defense.max_scale)"),
                     ("fru_p140_e50_s150", "the same with U[1, 1.5]"),
-                    ("fru", "the recipe: fru_p140_e50 (scaling gained nothing)")],
+                    ("fru_p140_e30_w3", "30 epochs, units 3x as wide inside (defense.width 3)"),
+                    ("fru_p140_e50_w2", "50 epochs, units 2x as wide inside (defense.width 2)"),
+                    ("fru", "the recipe: fru_p140_e50_w2")],
                 # a fact about the runs on disk, which their checkpoints do not record
                 "ablation_note": "The ablation runs are trained for 8 epochs (`python bench/fru_report.py ablations "
                                  "--dataset gtsrb32 --epochs 8`), on an earlier base run, on the 76 training "

@@ -103,6 +103,11 @@ def scaled(max_scale: float) -> str:
     return f", each scaled by a factor uniform in [1, {max_scale:g}]" if max_scale > 1 else ""
 
 
+def widened(width: float) -> str:
+    """The units' inner width (``defense.width``) where it is not the paper's default of the input's width."""
+    return f" (units {width:g}x as wide inside as the channels they regenerate)" if width != 1 else ""
+
+
 def check_sentence(check: dict | None, max_scale: float = 1.0) -> str:
     """The held-out set at the larger budget (``xi_check``), where the base's fooling ratio reaches 0.8."""
     if not check:
@@ -123,7 +128,8 @@ def dataset_section(res: dict, out: Path) -> list[str]:
     lines = [f"## {res['title']}", "", "Regenerate (in order): " + "; ".join(f"`{c}`" for c in COMMANDS[ds]) +
              f"; `python bench/fru_report.py report --dataset {ds}` (keeps the other dataset's section).", "",
              f"Base: `{res['base']['path']}` ({res['base']['params']:,} parameters, frozen), clean test accuracy "
-             f"**{pct(base_acc)}**.  FRU: `{res['fru']['path']}`, q = {d['ratio']:g}, {d['layers']} conv layers, "
+             f"**{pct(base_acc)}**.  FRU: `{res['fru']['path']}`, q = {d['ratio']:g}, {d['layers']} conv layers"
+             f"{widened(d.get('width', 1.0))}, "
              f"{res['fru']['params']:,} unit parameters ({pct(res['fru']['params'] / res['base']['params'])} of the "
              f"base), trained {res['fru']['epochs']} epochs (checkpoint of epoch {res['fru']['best_epoch']} by "
              f"{res['fru']['selected_by']}) on {r['n_train_real']} real + "

@@ -49,11 +49,15 @@ def _randomize_units(model: nn.Module, seed: int = 0) -> None:
 # ---------------------------------------------------------------------------- structure
 
 
-def test_unit_keeps_shape_and_starts_as_the_identity():
-    unit = FeatureRegenerationUnit(6)
+@pytest.mark.parametrize("width, hidden", [(1.0, 6), (2.0, 12), (0.5, 3)])
+def test_unit_keeps_shape_and_starts_as_the_identity(width, hidden):
+    unit = FeatureRegenerationUnit(6, width)
     kinds = [type(m).__name__ for m in unit.body]
     assert kinds == ["Conv2d", "BatchNorm2d", "ReLU"] * 3 + ["Conv2d"]
-    assert [m.kernel_size for m in unit.body if isinstance(m, nn.Conv2d)] == [(1, 1), (3, 3), (3, 3), (1, 1)]
+    convs = [m for m in unit.body if isinstance(m, nn.Conv2d)]
+    assert [m.kernel_size for m in convs] == [(1, 1), (3, 3), (3, 3), (1, 1)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(6, hidden), (hidden, hidden), (hidden, hidden),
+                                                                (hidden, 6)]  # the width is the inner convs'
     for mode in (True, False):  # batch statistics or running ones: the zero last conv makes both the identity
         unit.train(mode)
         for hw in (2, 7, 16):  # LisaCNN's conv3 maps are 2x2
@@ -113,7 +117,8 @@ def test_ranking_picks_the_largest_l1_filters_of_a_hand_made_layer():
 def test_config_errors_name_the_field():
     for bad, field in (({"ratio": 0.0}, "ratio"), ({"ratio": 1.5}, "ratio"), ({"layers": 4}, "layers"),
                        ({"layers": 0}, "layers"), ({"adv_fraction": 0.0}, "adv_fraction"),
-                       ({"n_synthetic": -1}, "n_synthetic"), ({"max_scale": 0.9}, "max_scale")):
+                       ({"n_synthetic": -1}, "n_synthetic"), ({"max_scale": 0.9}, "max_scale"),
+                       ({"width": 0.0}, "width"), ({"width": 5.0}, "width")):
         with pytest.raises(ConfigError, match=f"defense.{field}"):
             defense_from_dict({"kind": "fru", "perturbations": "p", **bad})
     with pytest.raises(ConfigError, match="perturbations: required"):
@@ -218,6 +223,18 @@ def test_base_stays_frozen_and_the_checkpoint_keeps_its_ranking(trained):
     assert trained_any, "units did not train"
     fresh = RegeneratedClassifier(create_model("lisa_cnn_tiny", num_classes=3))
     assert sum(p.numel() for p in fru.regen.parameters()) == sum(p.numel() for p in fresh.regen.parameters())
+
+
+def test_unit_width_is_recorded_and_rebuilt_from_the_checkpoint(trained):
+    """A wider unit (defense.width) trains, and load_checkpoint rebuilds it at that width from the sidecar alone."""
+    _, _, _, data, tmp = trained
+    fru_def = {"kind": "fru", "ratio": 0.5, "layers": 2, "perturbations": str(tmp / "train"), "n_synthetic": 10,
+               "width": 2.0}
+    train(_recipe(fru_def, epochs=1, init=str(tmp / "base")), tmp / "fru_w2", progress=False, data=data)
+    wide, meta = load_checkpoint(tmp / "fru_w2")
+    assert meta["defense"]["width"] == 2.0
+    for sel in wide.regen.values():
+        assert sel.unit.body[0].out_channels == 2 * sel.count and sel.unit.body[-1].out_channels == sel.count
 
 
 def test_masking_replaces_the_chosen_channels_noise_with_the_clean_maps(trained):

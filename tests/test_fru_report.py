@@ -68,3 +68,10 @@ def test_larger_budget_sentence_says_how_the_units_were_trained():
     assert "36/255" in plain and "0.951" in plain and "scaled" not in plain
     assert "uniform in [1, 1.25]" in scaled
     assert check_sentence(None) == ""
+
+
+def test_unit_width_is_named_only_where_it_departs_from_the_papers():
+    from bench.fru_tables import widened
+
+    assert widened(1.0) == ""
+    assert "2x as wide" in widened(2.0) and "1.5x" in widened(1.5)
