@@ -104,7 +104,7 @@ def scaled(max_scale: float) -> str:
 
 
 def widened(width: float) -> str:
-    """The units' inner width (``defense.width``) where it is not the paper's default of the input's width."""
+    """The units' inner width (``defense.width``) where it is not the default, as wide as the channels regenerated."""
     return f" (units {width:g}x as wide inside as the channels they regenerate)" if width != 1 else ""
 
 

@@ -70,7 +70,7 @@ def test_larger_budget_sentence_says_how_the_units_were_trained():
     assert check_sentence(None) == ""
 
 
-def test_unit_width_is_named_only_where_it_departs_from_the_papers():
+def test_unit_width_is_named_only_where_it_is_not_the_default():
     from bench.fru_tables import widened
 
     assert widened(1.0) == ""
