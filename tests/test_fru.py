@@ -125,6 +125,15 @@ def test_config_errors_name_the_field():
         defense_from_dict({"kind": "fru"})
 
 
+def test_description_names_every_setting_that_departs_from_the_default():
+    def describe(**kw):
+        return defense_from_dict({"kind": "fru", "perturbations": "p", **kw}).describe()
+
+    assert describe() == "q=50%, 3 layer(s), 2000 synthetic UAPs"
+    assert describe(ratio=1.0, width=2.0, max_scale=1.25) == \
+        "q=100%, 3 layer(s), units 2x wide, 2000 synthetic UAPs scaled by U[1, 1.25]"
+
+
 def test_max_scale_draws_budgets_between_the_pools_and_max_scale_times_it():
     """The added perturbation is the pool's, scaled by a factor in [1, max_scale]: never below the pool's own
     budget, never above max_scale times it, and spread over the interval rather than fixed."""

@@ -235,8 +235,10 @@ class FRU(Defense):
     Config = FRUConfig
 
     def describe(self) -> str:
-        c = self.cfg
-        return f"q={100 * c.ratio:g}%, {c.layers} layer(s), {c.n_synthetic} synthetic UAPs"
+        c = self.cfg  # width and max_scale only where set: two runs differing in them must not read alike in a sweep
+        wide = f", units {c.width:g}x wide" if c.width != 1 else ""
+        scaled = f" scaled by U[1, {c.max_scale:g}]" if c.max_scale > 1 else ""
+        return f"q={100 * c.ratio:g}%, {c.layers} layer(s){wide}, {c.n_synthetic} synthetic UAPs{scaled}"
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return RegeneratedClassifier(model, self.cfg.ratio, self.cfg.layers, self.cfg.width)
