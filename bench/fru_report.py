@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.fru_tables import carry_earlier  # noqa: E402
 from edge.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 XI = 32 / 255  # L-inf budget: the LISA-18 baseline's UAP fooling ratio reaches 0.8 here (reports/uap_baseline)
@@ -74,6 +75,9 @@ TRAIN_SETS = {
     "gtsrb32": [("spgd", s, {}) for s in range(1, 101)] + [("uap", s, _UAP) for s in range(1, 41)],
 }
 TEST_SET = [("spgd", s, {}) for s in (101, 102, 103)] + [("uap", s, _UAP) for s in (101, 102)]
+# the further round of Sec. 5.1: sPGD made against the first round's FRU run (seeds apart from the report's
+# white-box spgd_s201, which is made against the final FRU)
+SECONDARY = {"gtsrb32": ("fru_round1", [("spgd", s, {}) for s in range(301, 341)])}
 AKHTAR_N = 5  # held-out synthetic perturbations (Akhtar et al. Algorithm 1) grown from the held-out UAPs
 # q and number-of-layers variants, trained with ``--epochs``; "ref" is the q = 0.5, 3-layer recipe at that epoch
 # count, so every ablation row compares like with like
@@ -92,20 +96,25 @@ def check_folder(spec: dict) -> str:
 
 def perturbations(ds: str, splits: list[str], shard: tuple[int, int] = (0, 1)) -> None:
     """Make every training and/or held-out universal perturbation of ``ds`` that is not on disk yet; ``shard``
-    (k, n) makes every n-th of them from the k-th, so n processes on n cores share the work."""
+    (k, n) makes every n-th of them from the k-th, so n processes on n cores share the work.  ``secondary``:
+    those of the further training round, made against the first round's FRU (``SECONDARY``)."""
     from train.eval.attack_artifacts import universal_perturbation
 
-    spec = DATASETS[ds]
-    sets = [("train", "train", TRAIN_SETS[ds], spec["xi"]), ("test", "test", TEST_SET, spec["xi"])]
+    spec, base = DATASETS[ds], ROOT / DATASETS[ds]["base"]
+    sets = [("train", "train", TRAIN_SETS[ds], spec["xi"], base), ("test", "test", TEST_SET, spec["xi"], base)]
     if "xi_check" in spec:
-        sets.append(("test", check_folder(spec), TEST_SET, spec["xi_check"]))
-    todo = [(folder, item, xi) for split, folder, items, xi in sets if split in splits for item in items]
-    for folder, (method, seed, params), xi in todo[shard[0]::shard[1]]:
+        sets.append(("test", check_folder(spec), TEST_SET, spec["xi_check"], base))
+    if ds in SECONDARY:
+        against, items = SECONDARY[ds]
+        sets.append(("secondary", "secondary", items, spec["xi"], run_root(ds) / against))
+    todo = [(folder, item, xi, model) for split, folder, items, xi, model in sets if split in splits
+            for item in items]
+    for folder, (method, seed, params), xi, model in todo[shard[0]::shard[1]]:
         out = run_root(ds) / "perturbations" / folder / f"{method}_s{seed}"
         if (out / "uap.npy.json").is_file():
             continue
         t0 = time.time()
-        a = universal_perturbation(ROOT / spec["base"], out, method=method, seed=seed, xi=xi, **params)
+        a = universal_perturbation(model, out, method=method, seed=seed, xi=xi, **params)
         m = a.metrics
         print(f"{ds} {folder} {method} seed {seed}: fooling ratio {m['fooling_ratio']:.3f} (fit), "
               f"{m['heldout_fooling_ratio']:.3f} (held-out), {time.time() - t0:.0f} s", flush=True)
@@ -358,6 +367,8 @@ def measure(ds: str, earlier: dict | None = None) -> dict:
                    "best_epoch": meta_f["metrics"].get("best_epoch"), "selected_by": _selected_by(root / "fru"),
                    "params": sum(p.numel() for p in fru.regen.parameters())}}
     res["train_seeds"] = seed_ranges(load_perturbation_set(root / "perturbations" / "train")[1])
+    if meta_f["defense"].get("secondary"):
+        res["fru"]["n_secondary"] = len(load_perturbation_set(ROOT / meta_f["defense"]["secondary"])[0])
     res["restoration"] = _cached(root / "cache" / "restoration.json", key,
                                  lambda: restoration(ds, base, fru, root / "fru", x, y))
     res["ranking"] = _cached(root / "cache" / "ranking.json", {"base": key["base"]}, lambda: ranking(ds, base, x, y))
@@ -378,34 +389,6 @@ def measure(ds: str, earlier: dict | None = None) -> dict:
     return res
 
 
-def carry_earlier(res: dict, earlier: dict | None) -> dict:
-    """Keep an earlier report's ablation and recipe-step rows whose runs are not on this machine (runs/ is not
-    in git: a fresh checkout retrains the base and the recipe, not every experiment that led to it).
-
-    Every row names the base accuracy it was measured against (``base_acc``), so a table mixing rows of two
-    base runs says so.  An earlier row is dropped where this report re-measured its run on the same base, and
-    renamed ``<run> (earlier base)`` where the name now holds a run on another base."""
-    if not earlier:
-        return res
-    now_acc = res["base"]["test_acc"]
-
-    def merge(now_rows: list[dict], old_rows: list[dict]) -> list[dict]:
-        names = {r["run"] for r in now_rows}
-        kept = []
-        for r in old_rows:
-            r = {**r, "base_acc": r.get("base_acc", earlier["base"]["test_acc"])}
-            if r["run"] in names and r["base_acc"] == now_acc:
-                continue
-            if r["run"] in names:
-                r["run"] = f"{r['run']} (earlier base)"
-            kept.append(r)
-        return kept + now_rows
-
-    res["ablations"] = merge(res["ablations"], earlier.get("ablations", []))
-    res["recipe_steps"] = merge(res.get("recipe_steps", []), earlier.get("recipe_steps", []))
-    return res
-
-
 def kept_sections(old: dict, measured: list[str]) -> dict:
     """The datasets of an earlier ``results.json`` that this run does not re-measure: a ``report --dataset
     gtsrb32`` rewrites the GTSRB-32 section and keeps LISA-18's numbers as they were."""
@@ -416,7 +399,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=["perturbations", "ablations", "deploy", "report"])
     p.add_argument("--dataset", nargs="+", default=["lisa18"], choices=list(DATASETS))
-    p.add_argument("--split", nargs="+", default=["train", "test"], choices=["train", "test"],
+    p.add_argument("--split", nargs="+", default=["train", "test"], choices=["train", "test", "secondary"],
                    help="perturbations: which sets to make")
     p.add_argument("--shard", default="0/1", help="perturbations: K/N makes every N-th item from the K-th (one "
                                                   "process per core)")

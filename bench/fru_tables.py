@@ -108,6 +108,14 @@ def widened(width: float) -> str:
     return f" (units {width:g}x as wide inside as the channels they regenerate)" if width != 1 else ""
 
 
+def further(d: dict, n_secondary: int | None) -> str:
+    """The paper's further round (``defense.units`` / ``secondary``, Sec. 5.1) where the run is one."""
+    if not d.get("secondary"):
+        return ""
+    return (f", then a further round from the units of `{d['units']}` with {n_secondary} universal perturbations "
+            "made against that defended model added to V (Sec. 5.1)")
+
+
 def check_sentence(check: dict | None, max_scale: float = 1.0) -> str:
     """The held-out set at the larger budget (``xi_check``), where the base's fooling ratio reaches 0.8."""
     if not check:
@@ -133,7 +141,8 @@ def dataset_section(res: dict, out: Path) -> list[str]:
              f"{res['fru']['params']:,} unit parameters ({pct(res['fru']['params'] / res['base']['params'])} of the "
              f"base), trained {res['fru']['epochs']} epochs (checkpoint of epoch {res['fru']['best_epoch']} by "
              f"{res['fru']['selected_by']}) on {r['n_train_real']} real + "
-             f"{d['n_synthetic']} synthetic training perturbations{scaled(d.get('max_scale', 1.0))}; "
+             f"{d['n_synthetic']} synthetic training perturbations{scaled(d.get('max_scale', 1.0))}"
+             f"{further(d, res['fru'].get('n_secondary'))}; "
              f"clean test accuracy **{pct(fru_acc)}** ({100 * (fru_acc - base_acc):+.2f} points).", "",
              "### Restoration accuracy against held-out universal perturbations "
              f"(L-inf xi = {res['xi'] * 255:.0f}/255)",
@@ -271,3 +280,31 @@ def write_report(results: dict, out: Path) -> None:
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "restoration.csv", to_csv(results))
     atomic_write_json(out / "results.json", results)
+
+
+def carry_earlier(res: dict, earlier: dict | None) -> dict:
+    """Keep an earlier report's ablation and recipe-step rows whose runs are not on this machine (runs/ is not
+    in git: a fresh checkout retrains the base and the recipe, not every experiment that led to it).
+
+    Every row names the base accuracy it was measured against (``base_acc``), so a table mixing rows of two
+    base runs says so.  An earlier row is dropped where this report re-measured its run on the same base, and
+    renamed ``<run> (earlier base)`` where the name now holds a run on another base."""
+    if not earlier:
+        return res
+    now_acc = res["base"]["test_acc"]
+
+    def merge(now_rows: list[dict], old_rows: list[dict]) -> list[dict]:
+        names = {r["run"] for r in now_rows}
+        kept = []
+        for r in old_rows:
+            r = {**r, "base_acc": r.get("base_acc", earlier["base"]["test_acc"])}
+            if r["run"] in names and r["base_acc"] == now_acc:
+                continue
+            if r["run"] in names:
+                r["run"] = f"{r['run']} (earlier base)"
+            kept.append(r)
+        return kept + now_rows
+
+    res["ablations"] = merge(res["ablations"], earlier.get("ablations", []))
+    res["recipe_steps"] = merge(res.get("recipe_steps", []), earlier.get("recipe_steps", []))
+    return res

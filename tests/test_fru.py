@@ -132,6 +132,7 @@ def test_description_names_every_setting_that_departs_from_the_default():
     assert describe() == "q=50%, 3 layer(s), 2000 synthetic UAPs"
     assert describe(ratio=1.0, width=2.0, max_scale=1.25) == \
         "q=100%, 3 layer(s), units 2x wide, 2000 synthetic UAPs scaled by U[1, 1.25]"
+    assert describe(secondary="s", units="u").endswith("UAPs, a further round on UAPs made against the units")
 
 
 def test_max_scale_draws_budgets_between_the_pools_and_max_scale_times_it():
@@ -303,3 +304,50 @@ def test_a_stale_int8_fp32_prefix_is_an_error(trained, tmp_path):
 
     with pytest.raises(SignguardError, match="no_such_module"):
         flagged_nodes(Renamed(), path)
+
+
+def test_a_further_round_starts_from_the_units_and_learns_the_perturbations_made_against_them(trained):
+    """Sec. 5.1's iterative training: universal perturbations made against the trained FRU join V, the units
+    start from that FRU's, and the new round is fooled less by them."""
+    _, fru, _, data, tmp = trained
+    x_fit, x_test, y_test = (torch.from_numpy(a) for a in (data.train.x, data.test.x, data.test.y))
+    for s in (20, 21, 22):
+        v = SPGDUniversal(fru, xi=XI, steps=30, batch_size=32).fit(x_fit, seed=s)
+        fr = float(apply_universal(fru, x_test, y_test, v).info["fooling_ratio"])
+        save_perturbation(tmp / "secondary" / f"spgd_s{s}" / "uap.npy", v.numpy(),
+                          {"norm": "linf", "xi": XI, "fooling_ratio": fr, "model_hash": "toy-fru"})
+    again = {"kind": "fru", "ratio": 0.5, "layers": 3, "perturbations": str(tmp / "train"), "n_synthetic": 100,
+             "units": str(tmp / "fru"), "secondary": str(tmp / "secondary")}
+
+    d = defense_from_dict(again)
+    model = d.wrap(create_model("lisa_cnn_tiny", num_classes=3))
+    model.base.load_state_dict(fru.base.state_dict())
+    d.setup(model, torch.device("cpu"))
+    assert len(d.pool) == 3 + 3 + 100
+    for k, w in fru.regen.state_dict().items():
+        assert torch.equal(model.regen.state_dict()[k], w), f"unit weight {k} not started from the FRU run"
+
+    train(_recipe(again, epochs=3, init=str(tmp / "base"), lr=3e-3), tmp / "fru_again", progress=False, data=data)
+    round2, meta = load_checkpoint(tmp / "fru_again")
+    assert meta["defense"]["units"] == str(tmp / "fru")
+    made_on_round1, _ = load_perturbation_set(tmp / "secondary")
+
+    def fooling(model, vs):
+        return np.mean([apply_universal(model, x_test, y_test, torch.from_numpy(v)).info["fooling_ratio"]
+                        for v in vs])
+
+    assert fooling(round2, made_on_round1) < fooling(fru, made_on_round1) - 0.1
+
+
+def test_units_of_another_shape_or_base_are_refused(trained):
+    _, _, _, _, tmp = trained
+    fru = str(tmp / "fru")
+    for change, why in (({"width": 2.0}, "ratio, layers and width must match"), ({}, "another base")):
+        d = defense_from_dict({"kind": "fru", "perturbations": str(tmp / "train"), "n_synthetic": 0, "units": fru,
+                               **change})
+        base = create_model("lisa_cnn_tiny", num_classes=3)  # a random base unless the width differs
+        if change:
+            base.load_state_dict(load_checkpoint(fru)[0].base.state_dict())
+        model = d.wrap(base)
+        with pytest.raises(ConfigError, match=why):
+            d.setup(model, torch.device("cpu"))

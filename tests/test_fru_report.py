@@ -3,7 +3,7 @@ of runs that are not on this machine."""
 
 from __future__ import annotations
 
-from bench import fru_report
+from bench import fru_report, fru_tables
 
 
 def test_report_for_one_dataset_keeps_the_others_numbers():
@@ -25,17 +25,17 @@ def test_earlier_rows_are_kept_labelled_by_their_base_and_superseded_on_the_same
     now = {"base": {"test_acc": 0.9355},
            "ablations": [_row("fru", 0.93, base_acc=0.9355)],
            "recipe_steps": [_row("fru", 0.93, base_acc=0.9355)]}
-    res = fru_report.carry_earlier(now, earlier)
+    res = fru_tables.carry_earlier(now, earlier)
     # runs not on disk survive with the base they were measured on; a name re-used on the new base is renamed
     assert [(r["run"], r["base_acc"], r["restoration_def"]) for r in res["recipe_steps"]] == [
         ("fru_e30", 0.9352, 0.796), ("fru (earlier base)", 0.9352, 0.919), ("fru", 0.9355, 0.93)]
     assert [r["run"] for r in res["ablations"]] == ["fru (earlier base)", "ablation_q25", "fru"]
     # the next report on the same base replaces its own earlier rows and keeps the rest once
-    again = fru_report.carry_earlier({"base": {"test_acc": 0.9355}, "ablations": [_row("fru", 0.94, base_acc=0.9355)],
+    again = fru_tables.carry_earlier({"base": {"test_acc": 0.9355}, "ablations": [_row("fru", 0.94, base_acc=0.9355)],
                                       "recipe_steps": [_row("fru", 0.94, base_acc=0.9355)]}, res)
     assert [(r["run"], r["restoration_def"]) for r in again["recipe_steps"]] == [
         ("fru_e30", 0.796), ("fru (earlier base)", 0.919), ("fru", 0.94)]
-    assert fru_report.carry_earlier(dict(now), None) == now  # no earlier report: nothing changes
+    assert fru_tables.carry_earlier(dict(now), None) == now  # no earlier report: nothing changes
 
 
 def test_held_out_seeds_are_never_training_seeds():
@@ -75,3 +75,11 @@ def test_unit_width_is_named_only_where_it_is_not_the_default():
 
     assert widened(1.0) == ""
     assert "2x as wide" in widened(2.0) and "1.5x" in widened(1.5)
+
+
+def test_a_further_round_is_named_with_its_starting_units_and_count():
+    from bench.fru_tables import further
+
+    assert further({"secondary": ""}, None) == ""
+    text = further({"units": "runs/fru/gtsrb32/fru_round1", "secondary": "p/secondary"}, 40)
+    assert "`runs/fru/gtsrb32/fru_round1`" in text and "40 universal perturbations" in text
