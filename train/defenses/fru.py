@@ -189,15 +189,20 @@ class RegeneratedClassifier(nn.Module):
         return tuple(f"/{name}/unit/" for name in self.regen)
 
 
+def regenerated_of(model: nn.Module) -> RegeneratedClassifier:
+    """The :class:`RegeneratedClassifier` inside ``model`` (FRU may sit in a defense stack)."""
+    regen = next((m for m in model.modules() if isinstance(m, RegeneratedClassifier)), None)
+    if regen is None:
+        raise ConfigError("defense fru: the model holds no regenerated classifier (put fru first in a list)")
+    return regen
+
+
 def start_units(model: nn.Module, run: str) -> None:
     """Load the units of the FRU checkpoint ``run`` into ``model``'s: refused unless both regenerate the same
     channels of the same base (a unit trained on other features would restore the wrong ones)."""
     from ..checkpoint import load_checkpoint
 
-    mine = next((m for m in model.modules() if isinstance(m, RegeneratedClassifier)), None)
-    theirs = next((m for m in load_checkpoint(run)[0].modules() if isinstance(m, RegeneratedClassifier)), None)
-    if mine is None or theirs is None:
-        raise ConfigError(f"units: {run} and this model must both be FRU models")
+    mine, theirs = regenerated_of(model), regenerated_of(load_checkpoint(run)[0])
     base, other = mine.base.state_dict(), theirs.base.state_dict()
     if base.keys() != other.keys() or not all(torch.equal(base[k], other[k].to(base[k].device)) for k in base):
         raise ConfigError(f"units: {run} was trained on another base classifier than model.init")
@@ -273,9 +278,7 @@ class FRU(Defense):
 
     def trainable(self, model: nn.Module):
         """The units only; the base classifier's parameters stop requiring gradients (Sec. 5.1)."""
-        regen = next((m for m in model.modules() if isinstance(m, RegeneratedClassifier)), None)
-        if regen is None:
-            raise ConfigError("defense fru: the model holds no regenerated classifier (put fru first in a list)")
+        regen = regenerated_of(model)
         for p in regen.base.parameters():
             p.requires_grad_(False)
         return regen.regen.parameters()
