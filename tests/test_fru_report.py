@@ -83,3 +83,29 @@ def test_a_further_round_is_named_with_its_starting_units_and_count():
     assert further({"secondary": ""}, None) == ""
     text = further({"units": "runs/fru/gtsrb32/fru_round1", "secondary": "p/secondary"}, 40)
     assert "`runs/fru/gtsrb32/fru_round1`" in text and "40 universal perturbations" in text
+
+
+def test_secondary_items_are_made_against_the_first_round_at_their_own_budget(tmp_path, monkeypatch):
+    """An item's "xi" is the budget it is made at; the others take the dataset's.  The secondary seeds stay apart
+    from the held-out ones and from the report's white-box spgd_s201."""
+    import train.eval.attack_artifacts as artifacts
+
+    made = []
+
+    class _Made:  # what perturbations() reads of an attack artifact
+        metrics = {"fooling_ratio": 0.9, "heldout_fooling_ratio": 0.9}
+
+    def record(model, out, *, method, seed, xi, **params):
+        made.append((model.name, out.parent.name, method, seed, round(xi * 255)))
+        return _Made()
+
+    monkeypatch.setattr(artifacts, "universal_perturbation", record)
+    monkeypatch.setattr(fru_report, "run_root", lambda ds: tmp_path / ds)
+    fru_report.perturbations("gtsrb32", ["secondary"])
+    against, items = fru_report.SECONDARY["gtsrb32"]
+    assert len(made) == len(items) and {m[0] for m in made} == {against}
+    assert {m[1] for m in made} == {"secondary"}
+    budgets = {seed: xi for _, _, _, seed, xi in made}
+    assert budgets[301] == 32 and budgets[321] == 36
+    seeds = {s for _, s, _ in items}
+    assert not seeds & {s for _, s, _ in fru_report.TEST_SET} and 201 not in seeds
