@@ -76,10 +76,10 @@ TRAIN_SETS = {
 }
 TEST_SET = [("spgd", s, {}) for s in (101, 102, 103)] + [("uap", s, _UAP) for s in (101, 102)]
 # the further round of Sec. 5.1: sPGD made against the first round's FRU run (seeds apart from the report's
-# white-box spgd_s201, which is made against the final FRU), half at the training budget and half at 36/255, the
-# budget where the base's fooling ratio reaches 0.8 (an item's "xi" overrides the dataset's)
+# white-box spgd_s201, which is made against the final FRU), half at the training budget and half at xi_check,
+# the budget where the base's fooling ratio reaches 0.8 (an item's "xi" overrides the dataset's)
 SECONDARY = {"gtsrb32": ("fru_round1", [("spgd", s, {}) for s in range(301, 321)]
-                         + [("spgd", s, {"xi": 36 / 255}) for s in range(321, 341)])}
+                         + [("spgd", s, {"xi": DATASETS["gtsrb32"]["xi_check"]}) for s in range(321, 341)])}
 AKHTAR_N = 5  # held-out synthetic perturbations (Akhtar et al. Algorithm 1) grown from the held-out UAPs
 # q and number-of-layers variants, trained with ``--epochs``; "ref" is the q = 0.5, 3-layer recipe at that epoch
 # count, so every ablation row compares like with like
