@@ -41,7 +41,8 @@ def test_earlier_rows_are_kept_labelled_by_their_base_and_superseded_on_the_same
 def test_held_out_seeds_are_never_training_seeds():
     # one (method, seed) makes one perturbation on a given base: a shared pair would be scored as "held out"
     # while the units trained on it (GTSRB-32's sPGD 1-109 once held the test seeds 101-103)
-    test = {(m, s) for m, s, _ in fru_report.TEST_SET}
+    test = {(m, s) for m, s, _ in fru_report.CHECK_SET}
+    assert test >= {(m, s) for m, s, _ in fru_report.TEST_SET}
     for ds, items in fru_report.TRAIN_SETS.items():
         assert not test & {(m, s) for m, s, _ in items}, ds
 
@@ -65,8 +66,14 @@ def test_larger_budget_sentence_says_how_the_units_were_trained():
     check = {"xi": 36 / 255, "summary": {"fooling_base": 0.819, "restoration_def": 0.951, "restoration_base": 0.594,
                                          "min_restoration_def": 0.93, "fooling_def": 0.1}}
     plain, scaled = check_sentence(check), check_sentence(check, 1.25)
-    assert "36/255" in plain and "0.951" in plain and "scaled" not in plain
+    assert "36/255" in plain and "0.951" in plain and "scaled" not in plain and "meets the target" in plain
+    assert "short of the 0.95 target" in check_sentence({**check, "summary": {**check["summary"],
+                                                                              "restoration_def": 0.945}})
     assert "uniform in [1, 1.25]" in scaled
+    check["seeds"] = "sPGD seeds 101-113, UAP seeds 101-107"
+    check["rows"] = [{"name": "spgd_s101"}, {"name": "akhtar_0"}, {"name": "akhtar_1"}]
+    named = check_sentence(check, further_round=True)
+    assert "sPGD seeds 101-113, UAP seeds 101-107 and 2 Akhtar" in named and "further round" in named
     assert check_sentence(None) == ""
 
 
@@ -80,9 +87,10 @@ def test_unit_width_is_named_only_where_it_is_not_the_default():
 def test_a_further_round_is_named_with_its_starting_units_and_count():
     from bench.fru_tables import further
 
-    assert further({"secondary": ""}, None) == ""
-    text = further({"units": "runs/fru/gtsrb32/fru_round1", "secondary": "p/secondary"}, 40)
+    assert further({"secondary": ""}, None, "12 epochs") == "trained 12 epochs on "
+    text = further({"units": "runs/fru/gtsrb32/fru_round1", "secondary": "p/secondary"}, 40, "30 epochs")
     assert "`runs/fru/gtsrb32/fru_round1`" in text and "40 universal perturbations" in text
+    assert "the second, 30 epochs," in text  # the schedule is the further round's, not the whole training
 
 
 def test_secondary_items_are_made_against_the_first_round_at_their_own_budget(tmp_path, monkeypatch):
@@ -108,4 +116,4 @@ def test_secondary_items_are_made_against_the_first_round_at_their_own_budget(tm
     budgets = {seed: xi for _, _, _, seed, xi in made}
     assert budgets[301] == 32 and budgets[321] == 36
     seeds = {s for _, s, _ in items}
-    assert not seeds & {s for _, s, _ in fru_report.TEST_SET} and 201 not in seeds
+    assert not seeds & {s for _, s, _ in fru_report.CHECK_SET} and 201 not in seeds
