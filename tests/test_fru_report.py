@@ -3,6 +3,8 @@ of runs that are not on this machine."""
 
 from __future__ import annotations
 
+import json
+
 from bench import fru_report, fru_tables
 
 
@@ -117,3 +119,20 @@ def test_secondary_items_are_made_against_the_first_round_at_their_own_budget(tm
     assert budgets[301] == 32 and budgets[321] == 36
     seeds = {s for _, s, _ in items}
     assert not seeds & {s for _, s, _ in fru_report.CHECK_SET} and 201 not in seeds
+
+
+def test_a_grown_held_out_set_changes_the_cache_key(tmp_path, monkeypatch):
+    """The restoration cache must not serve numbers measured on fewer held-out perturbations than are on disk."""
+    monkeypatch.setattr(fru_report, "run_root", lambda ds: tmp_path / ds)
+
+    def add(folder: str, name: str, sha: str) -> None:
+        d = tmp_path / "gtsrb32" / "perturbations" / folder / name
+        d.mkdir(parents=True)
+        (d / "uap.npy.json").write_text(json.dumps({"sha256": sha}), encoding="utf-8")
+
+    add("test", "spgd_s101", "aa")
+    add("train", "spgd_s1", "bb")  # training perturbations are not held out
+    before = fru_report.held_out_files("gtsrb32")
+    assert before == ["test/spgd_s101:aa"]
+    add("test_xi36", "spgd_s104", "cc")
+    assert fru_report.held_out_files("gtsrb32") == ["test/spgd_s101:aa", "test_xi36/spgd_s104:cc"]
