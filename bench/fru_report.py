@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.fru_heldout import held_out_files, held_out_overlap, max_inner_products, seed_ranges  # noqa: E402
 from bench.fru_tables import carry_earlier  # noqa: E402
 from edge.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -199,14 +200,6 @@ def _cached(path: Path, key: dict, fn):
     return value
 
 
-def held_out_files(ds: str) -> list[str]:
-    """The held-out perturbations on disk, by folder, name and hash: part of every cache key that reads them,
-    so a held-out set that grew (CHECK_SET) is measured again rather than read from the cache."""
-    found = (run_root(ds) / "perturbations").glob("test*/*/uap.npy.json")
-    return sorted(f"{p.parent.parent.name}/{p.parent.name}:{json.loads(p.read_text(encoding='utf-8'))['sha256']}"
-                  for p in found)
-
-
 def _selected_by(run: Path) -> str:
     """What the run's best checkpoint was chosen by: runs trained before FRU's validation restoration score
     logged clean validation accuracy only."""
@@ -223,40 +216,6 @@ def _eval_images(meta: dict, ds: str):
     return torch.from_numpy(s.x), s.y
 
 
-def max_inner_products(a, b=None) -> float:
-    """Largest |<u, v>| / (||u|| ||v||) between perturbations of ``a`` (pairs of distinct ones) or of ``a`` x
-    ``b``: the paper keeps its test perturbations below 0.15 of each other."""
-    fa = a.reshape(len(a), -1) / np.linalg.norm(a.reshape(len(a), -1), axis=1, keepdims=True)
-    fb = fa if b is None else b.reshape(len(b), -1) / np.linalg.norm(b.reshape(len(b), -1), axis=1, keepdims=True)
-    g = np.abs(fa @ fb.T)
-    if b is None:
-        np.fill_diagonal(g, 0)
-    return float(g.max())
-
-
-def seed_ranges(metas: list[dict]) -> str:
-    """'sPGD seeds 1-20, UAP seeds 1-6': the training perturbations by method, for the report's text."""
-    by: dict[str, list[int]] = {}
-    for m in metas:
-        by.setdefault(m.get("method", "uap"), []).append(int(m["seed"]))
-    parts = []
-    for method, seeds in sorted(by.items(), key=lambda kv: kv[0] != "spgd"):  # sPGD first, as made
-        lo, hi = min(seeds), max(seeds)
-        span = f"{lo}-{hi}" if len(set(seeds)) == hi - lo + 1 else ", ".join(map(str, sorted(seeds)))
-        parts.append(f"{'sPGD' if method == 'spgd' else method.upper()} seeds {span}")
-    return ", ".join(parts)
-
-
-def held_out_overlap(test_real: np.ndarray, train_v: np.ndarray, where: Path) -> float:
-    """Largest normalised inner product between a held-out and a training perturbation; an error where one is
-    both (the same seed and method give the same perturbation: it would be scored as held out)."""
-    overlap = max_inner_products(test_real, train_v)
-    if overlap > 0.999:
-        raise SystemExit(f"{where}: a held-out perturbation is also in train/ (normalised inner product "
-                         f"{overlap:.4f}); held-out seeds must not be training seeds")
-    return overlap
-
-
 def restoration(ds: str, base, fru, fru_run: Path, x, y) -> dict:
     """Per held-out perturbation (and a white-box sPGD made on the FRU model itself): restoration rows."""
     from train.attacks.uap import load_perturbation, load_perturbation_set
@@ -264,11 +223,16 @@ def restoration(ds: str, base, fru, fru_run: Path, x, y) -> dict:
     from train.eval.fru_restoration import heldout_set, restoration_row, summarize
 
     spec, root = DATASETS[ds], run_root(ds)
-    held = heldout_set(root / "perturbations" / "test", AKHTAR_N, spec["xi"], seed=0)
     train_v, _ = load_perturbation_set(root / "perturbations" / "train")
-    test_real = np.stack([v for n, v, _ in held if not n.startswith("akhtar")])
-    overlap = held_out_overlap(test_real, train_v, root / "perturbations")  # before any of the costly work
-    rows = [{"name": n, "method": m.get("method", "?"), **restoration_row(base, fru, x, y, v)} for n, v, m in held]
+    sets = {"test": spec["xi"], **({check_folder(spec): spec["xi_check"]} if "xi_check" in spec else {})}
+    held, real, overlap = {}, {}, {}
+    for folder, xi in sets.items():  # every held-out set checked against train/ before any of the costly work
+        held[folder] = heldout_set(root / "perturbations" / folder, AKHTAR_N, xi, seed=0)
+        real[folder] = [(v, m) for n, v, m in held[folder] if not n.startswith("akhtar")]
+        overlap[folder] = held_out_overlap(np.stack([v for v, _ in real[folder]]), train_v,
+                                           root / "perturbations" / folder)
+    rows = [{"name": n, "method": m.get("method", "?"), **restoration_row(base, fru, x, y, v)}
+            for n, v, m in held["test"]]
     sec_dir = fru_run / "secondary_spgd_s201"  # beside the FRU checkpoint: made against these weights
     if not (sec_dir / "uap.npy.json").is_file():
         universal_perturbation(fru_run, sec_dir, method="spgd", seed=201, xi=spec["xi"])
@@ -276,16 +240,13 @@ def restoration(ds: str, base, fru, fru_run: Path, x, y) -> dict:
     secondary = {"name": "spgd_s201 vs FRU", "method": "spgd (white-box on the FRU model)",
                  **restoration_row(base, fru, x, y, v_sec)}
     out = {"rows": rows, "summary": summarize(rows), "secondary": secondary, "n_train_real": int(len(train_v)),
-            "max_ip_test": max_inner_products(test_real),
-            "max_ip_test_train": overlap}
+           "max_ip_test": max_inner_products(np.stack([v for v, _ in real["test"]])),
+           "max_ip_test_train": overlap["test"]}
     if "xi_check" in spec:
-        held = heldout_set(root / "perturbations" / check_folder(spec), AKHTAR_N, spec["xi_check"], seed=0)
-        real = [(v, m) for n, v, m in held if not n.startswith("akhtar")]
-        out["check"] = {"xi": spec["xi_check"], "seeds": seed_ranges([m for _, m in real]),
-                        "max_ip_test_train": held_out_overlap(np.stack([v for v, _ in real]), train_v,
-                                                              root / "perturbations" / check_folder(spec)),
-                        "rows": [{"name": n, **restoration_row(base, fru, x, y, v)} for n, v, _ in held]}
-        out["check"]["summary"] = summarize(out["check"]["rows"])
+        folder = check_folder(spec)
+        check_rows = [{"name": n, **restoration_row(base, fru, x, y, v)} for n, v, _ in held[folder]]
+        out["check"] = {"xi": spec["xi_check"], "seeds": seed_ranges([m for _, m in real[folder]]),
+                        "max_ip_test_train": overlap[folder], "rows": check_rows, "summary": summarize(check_rows)}
     return out
 
 
@@ -377,7 +338,7 @@ def measure(ds: str, earlier: dict | None = None) -> dict:
     fru, meta_f = load_checkpoint(root / "fru")
     x, y = _eval_images(meta_b, ds)
     weights = {"base": meta_b["weights_sha256"], "fru": meta_f["weights_sha256"], "n": len(y)}
-    key = {**weights, "held_out": held_out_files(ds)}
+    key = {**weights, "held_out": held_out_files(root / "perturbations")}
     t0 = time.time()
     res = {"dataset": ds, "title": spec["title"], "xi": spec["xi"], "n_eval": int(len(y)),
            "ablation_note": spec.get("ablation_note", ""),

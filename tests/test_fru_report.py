@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from bench import fru_report, fru_tables
+from bench.fru_heldout import held_out_files, held_out_overlap
 
 
 def test_report_for_one_dataset_keeps_the_others_numbers():
@@ -56,9 +57,9 @@ def test_a_held_out_perturbation_found_in_training_stops_the_report(tmp_path):
     rng = np.random.default_rng(0)
     train = rng.uniform(-0.1, 0.1, (4, 3, 8, 8)).astype(np.float32)
     test = rng.uniform(-0.1, 0.1, (2, 3, 8, 8)).astype(np.float32)
-    assert fru_report.held_out_overlap(test, train, tmp_path) < 0.5  # independent noise: far from 1
+    assert held_out_overlap(test, train, tmp_path) < 0.5  # independent noise: far from 1
     with pytest.raises(SystemExit, match="also in train/"):
-        fru_report.held_out_overlap(np.stack([test[0], train[2]]), train, tmp_path)
+        held_out_overlap(np.stack([test[0], train[2]]), train, tmp_path)
 
 
 def test_larger_budget_sentence_says_how_the_units_were_trained():
@@ -121,18 +122,16 @@ def test_secondary_items_are_made_against_the_first_round_at_their_own_budget(tm
     assert not seeds & {s for _, s, _ in fru_report.CHECK_SET} and 201 not in seeds
 
 
-def test_a_grown_held_out_set_changes_the_cache_key(tmp_path, monkeypatch):
+def test_a_grown_held_out_set_changes_the_cache_key(tmp_path):
     """The restoration cache must not serve numbers measured on fewer held-out perturbations than are on disk."""
-    monkeypatch.setattr(fru_report, "run_root", lambda ds: tmp_path / ds)
-
     def add(folder: str, name: str, sha: str) -> None:
-        d = tmp_path / "gtsrb32" / "perturbations" / folder / name
+        d = tmp_path / folder / name
         d.mkdir(parents=True)
         (d / "uap.npy.json").write_text(json.dumps({"sha256": sha}), encoding="utf-8")
 
     add("test", "spgd_s101", "aa")
     add("train", "spgd_s1", "bb")  # training perturbations are not held out
-    before = fru_report.held_out_files("gtsrb32")
+    before = held_out_files(tmp_path)
     assert before == ["test/spgd_s101:aa"]
     add("test_xi36", "spgd_s104", "cc")
-    assert fru_report.held_out_files("gtsrb32") == ["test/spgd_s101:aa", "test_xi36/spgd_s104:cc"]
+    assert held_out_files(tmp_path) == ["test/spgd_s101:aa", "test_xi36/spgd_s104:cc"]
