@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 
-def held_out_files(perturbations: Path) -> list[str]:
-    """The held-out perturbations under ``perturbations`` (its ``test*`` folders), by folder, name and hash: part
-    of every cache key that reads them, so a held-out set that grew (CHECK_SET) is measured again rather than
-    read from the cache."""
-    found = perturbations.glob("test*/*/uap.npy.json")
+def held_out_files(perturbations: Path, folders: str = "test*") -> list[str]:
+    """The held-out perturbations under ``perturbations`` (its ``folders``), by folder, name and hash: part of
+    every cache key that reads them, so a held-out set that grew (CHECK_SET) is measured again rather than read
+    from the cache; a key names only the folders its measurement reads, so the others leave it valid."""
+    found = perturbations.glob(f"{folders}/*/uap.npy.json")
     return sorted(f"{p.parent.parent.name}/{p.parent.name}:{json.loads(p.read_text(encoding='utf-8'))['sha256']}"
                   for p in found)
 

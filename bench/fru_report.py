@@ -339,6 +339,7 @@ def measure(ds: str, earlier: dict | None = None) -> dict:
     x, y = _eval_images(meta_b, ds)
     weights = {"base": meta_b["weights_sha256"], "fru": meta_f["weights_sha256"], "n": len(y)}
     key = {**weights, "held_out": held_out_files(root / "perturbations")}
+    key_test = {**weights, "held_out": held_out_files(root / "perturbations", "test")}  # ablations read test/ only
     t0 = time.time()
     res = {"dataset": ds, "title": spec["title"], "xi": spec["xi"], "n_eval": int(len(y)),
            "ablation_note": spec.get("ablation_note", ""),
@@ -355,11 +356,11 @@ def measure(ds: str, earlier: dict | None = None) -> dict:
                                  lambda: restoration(ds, base, fru, root / "fru", x, y))
     res["ranking"] = _cached(root / "cache" / "ranking.json", {"base": key["base"]}, lambda: ranking(ds, base, x, y))
     runs = sorted(str(p / "model.json") for p in root.glob("ablation_*") if (p / "model.json").is_file())
-    res["ablations"] = _cached(root / "cache" / "ablations.json", {**key, "runs": runs},
+    res["ablations"] = _cached(root / "cache" / "ablations.json", {**key_test, "runs": runs},
                                lambda: ablation_rows(ds, base, x, y))
     if "recipe_steps" in spec:
         steps = [[r, note] for r, note in spec["recipe_steps"] if (root / r / "model.json").is_file()]  # JSON-able key
-        res["recipe_steps"] = _cached(root / "cache" / "recipe_steps.json", {**key, "runs": steps},
+        res["recipe_steps"] = _cached(root / "cache" / "recipe_steps.json", {**key_test, "runs": steps},
                                       lambda: recipe_step_rows(ds, base, x, y, steps))
     for r in [*res["ablations"], *res.get("recipe_steps", [])]:
         r["base_acc"] = meta_b["metrics"]["test_acc"]

@@ -135,3 +135,4 @@ def test_a_grown_held_out_set_changes_the_cache_key(tmp_path):
     assert before == ["test/spgd_s101:aa"]
     add("test_xi36", "spgd_s104", "cc")
     assert held_out_files(tmp_path) == ["test/spgd_s101:aa", "test_xi36/spgd_s104:cc"]
+    assert held_out_files(tmp_path, "test") == before  # the ablations' key: they read test/ alone
